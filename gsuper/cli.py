@@ -1,0 +1,455 @@
+"""gsuper: keep background scripts alive (PHP, Python, shell, any command).
+
+Usage:
+  gsuper -s start   [-c FILE] [-p NAME]... [-g GROUP]... [--foreground]
+  gsuper -s stop    [-c FILE] [-p NAME]... [-g GROUP]... [--timeout SEC]
+  gsuper -s exit    [-c FILE]
+  gsuper -s restart [-c FILE] [-p NAME]... [-g GROUP]... [--rolling]
+  gsuper -s reload  [-c FILE]
+  gsuper -s scale   [-c FILE] NAME=N
+  gsuper -s tail    [-c FILE] [-p NAME] [-n LINES] [-f]
+  gsuper -s status  [-c FILE] [-p NAME]... [-g GROUP]... [--json]
+  gsuper -s check   [-c FILE]
+  gsuper help [COMMAND]
+  gsuper -h | --help
+  gsuper --version
+
+Options:
+  -c FILE, --config FILE    Configuration file [default: gsuper.ini].
+  -p NAME, --program NAME   Act on this program only (repeatable).
+  -g GROUP, --group GROUP   Act on this group's programs only (repeatable).
+  --foreground              Run the master in this terminal, logging to stderr.
+  --timeout SEC             Seconds each worker gets before SIGKILL (instead of stop_timeout).
+  --rolling                 Replace workers one at a time, each replacement up first.
+  -n LINES, --lines LINES   Lines of log to print [default: 10].
+  -f, --follow              Keep printing what is appended to the log.
+  --json                    Print status as one JSON document.
+  -h, --help                Show this help.
+  --version                 Show the version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+import time
+from typing import Any
+
+from docopt import DocoptExit, docopt
+
+from gsuper import __version__, config, control, daemon
+
+COMMANDS = ("start", "stop", "exit", "restart", "reload", "scale", "tail", "status", "check")
+HELP = {
+    "start": "Start the master and its workers (daemonized; --foreground keeps it in the terminal).\n"
+    "With -p/-g and a running master, start just those programs.",
+    "stop": "Graceful stop: every worker finishes the request it is in, then exits; waits until\n"
+    "they are gone (and, with no -p/-g, the master too). SIGKILL after stop_timeout.",
+    "exit": "Forced stop: SIGKILL to every worker's process group and to the master at once.",
+    "restart": "stop then start, on the same configuration. --rolling replaces workers one at a\n"
+    "time, each replacement ready before the old one is stopped.",
+    "reload": "Re-read the configuration and apply the difference (like SIGHUP to the master).",
+    "scale": "Set a program's worker count now: gsuper -s scale NAME=N.",
+    "tail": "Print a program's log (the master's with no -p); -f follows it across rotation.",
+    "status": "One row per worker; --json prints one JSON document.",
+    "check": "Validate the configuration and start nothing (like nginx -t).",
+}
+LIVE_STATES = ("STARTING", "RUNNING", "STOPPING")
+
+
+class Fail(Exception):
+    """A request that could not be done: message for stderr, and an exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `gsuper` and `bin/gsuper`."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = docopt(__doc__ or "", argv=argv, version=f"gsuper {__version__}", default_help=True)
+    except DocoptExit:
+        print(f"gsuper: {_usage_problem(argv)}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help and --version print and exit through here
+        return int(exc.code or 0)
+    try:
+        if args["help"]:
+            return _help(args["COMMAND"])
+        command = next(c for c in COMMANDS if args[c])
+        return int(globals()[f"cmd_{command}"](args))
+    except config.ConfigError as exc:
+        print(f"gsuper: {exc}", file=sys.stderr)
+        return 2
+    except (Fail, control.ControlError) as exc:
+        print(f"gsuper: {exc}", file=sys.stderr)
+        return exc.code if isinstance(exc, Fail) else 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `gsuper -s status | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _usage_problem(argv: list[str]) -> str:
+    if "-s" in argv:
+        i = argv.index("-s")
+        given = argv[i + 1] if i + 1 < len(argv) else ""
+        if given not in COMMANDS:
+            return f"unknown command {given!r}; the commands are {', '.join(COMMANDS)} (see gsuper --help)"
+        line = next(ln.strip() for ln in (__doc__ or "").splitlines() if re.match(rf"\s+gsuper -s {given}\b", ln))
+        return f"wrong options for {given}; usage: {line}"
+    return "a command is required, as in gsuper -s start -c gsuper.ini (see gsuper --help)"
+
+
+def _help(command: str | None) -> int:
+    if command is None:
+        print(__doc__)
+        return 0
+    if command not in HELP:
+        raise Fail(f"no help for {command!r}; the commands are {', '.join(COMMANDS)}", 2)
+    usage = next(ln.strip() for ln in (__doc__ or "").splitlines() if re.match(rf"\s+gsuper -s {command}\b", ln))
+    print(f"{usage}\n\n{HELP[command]}")
+    return 0
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _load(args: dict[str, Any]) -> config.GsuperConfig:
+    return config.load(args["--config"])
+
+
+def _selection(args: dict[str, Any], cfg: config.GsuperConfig) -> tuple[list[str], list[str], list[str]]:
+    programs, groups = list(args["--program"] or []), list(args["--group"] or [])
+    return programs, groups, cfg.select(programs, groups)
+
+
+def _running(cfg: config.GsuperConfig) -> int:
+    pid = daemon.running_pid(cfg.pidfile)
+    if not pid:
+        raise Fail(f"not running (no master holds {cfg.pidfile})")
+    return pid
+
+
+def _ask(cfg: config.GsuperConfig, payload: dict[str, Any], timeout_s: float | None = 10.0) -> dict[str, Any]:
+    reply = control.request(cfg.sockfile, payload, timeout_s)
+    if not reply.get("ok"):
+        raise Fail(str(reply.get("error", "the master refused the request")), 2 if reply.get("config_error") else 1)
+    return reply
+
+
+def _print_started(programs: dict[str, int]) -> None:
+    for name, numprocs in programs.items():
+        print(f"{name}: {numprocs} worker{'s' if numprocs != 1 else ''} started")
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def cmd_check(args: dict[str, Any]) -> int:
+    """Validate the configuration only."""
+    cfg = _load(args)
+    workers = sum(p.numprocs for p in cfg.programs.values())
+    print(f"{cfg.path}: configuration OK ({len(cfg.programs)} programs, {workers} workers, {len(cfg.groups)} groups)")
+    return 0
+
+
+def cmd_start(args: dict[str, Any]) -> int:
+    """Start the master (or, with -p/-g on a running master, those programs)."""
+    cfg = _load(args)
+    programs, groups, names = _selection(args, cfg)
+    pid = daemon.running_pid(cfg.pidfile)
+    if pid:
+        if not programs and not groups:
+            raise Fail(f"already running (pid {pid})")
+        reply = _ask(cfg, {"cmd": "start", "programs": programs, "groups": groups}, None)
+        _print_started(reply["programs"])
+        return 0
+    only = names if (programs or groups) else None
+    from gsuper.master import Master  # gevent is loaded only where a master runs
+
+    if args["--foreground"]:
+        def notify(msg: dict[str, Any]) -> None:
+            if msg["ok"]:
+                print(f"gsuper: master {msg['pid']} running in the foreground", file=sys.stderr)
+                _print_started(msg["programs"])
+                sys.stdout.flush()
+            else:
+                print(f"gsuper: {msg['error']}", file=sys.stderr)
+
+        return Master(cfg, only, foreground=True).run(notify)
+    return _start_daemon(cfg, only, Master)
+
+
+def _start_daemon(cfg: config.GsuperConfig, only: list[str] | None, master_cls: Any) -> int:
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the daemon
+        os.close(read_end)
+        code = 1
+        pipe: list[int] = [write_end]
+
+        def notify(msg: dict[str, Any]) -> None:
+            if pipe:
+                os.write(pipe[0], json.dumps(msg).encode())
+                os.close(pipe.pop())
+
+        try:
+            os.makedirs(cfg.logdir, exist_ok=True)
+            daemon.detach(os.path.join(cfg.logdir, "gsuper.log"))
+            code = master_cls(cfg, only).run(notify)
+        except BaseException as exc:  # noqa: BLE001 - the CLI must hear why the daemon died
+            try:
+                notify({"ok": False, "error": f"the master could not start: {exc}"})
+            except OSError:
+                pass
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 65536):
+        chunks.append(chunk)
+    os.close(read_end)
+    os.waitpid(child, 0)
+    if not chunks:
+        raise Fail(f"the master died while starting; see {os.path.join(cfg.logdir, 'gsuper.log')}")
+    msg = json.loads(b"".join(chunks))
+    if not msg["ok"]:
+        raise Fail(msg["error"])
+    print(f"gsuper: master {msg['pid']} started")
+    _print_started(msg["programs"])
+    return 0
+
+
+def cmd_stop(args: dict[str, Any]) -> int:
+    """Graceful stop, waiting with progress until the workers (and master) are gone."""
+    cfg = _load(args)
+    programs, groups, names = _selection(args, cfg)
+    _running(cfg)
+    timeout_s = config.parse_duration(args["--timeout"]) if args["--timeout"] else None
+    _stop(cfg, programs, groups, names, timeout_s)
+    return 0
+
+
+def _stop(cfg: config.GsuperConfig, programs: list[str], groups: list[str], names: list[str], timeout_s: float | None) -> None:
+    whole = not programs and not groups
+    _ask(cfg, {"cmd": "stop", "programs": programs, "groups": groups, "timeout": timeout_s})
+    longest = timeout_s if timeout_s is not None else max((p.stop_timeout_s for p in cfg.programs.values()), default=10)
+    deadline = time.monotonic() + longest + 15
+    progress = _Progress()
+    while True:
+        try:
+            status = control.request(cfg.sockfile, {"cmd": "status", "programs": [] if whole else names}, 5)["status"]
+        except control.ControlError:
+            status = None
+        if status is None:
+            if not daemon.running_pid(cfg.pidfile):
+                break
+            left: list[dict[str, Any]] = []
+        else:
+            left = [w for w in status["workers"] if w["state"] in LIVE_STATES]
+            if not left and not whole:
+                break
+        progress.show(left)
+        if time.monotonic() > deadline:
+            progress.done()
+            raise Fail(f"{len(left)} workers would not stop within {longest + 15:.0f}s")
+        time.sleep(0.05)
+    progress.done()
+    print("stopped" if whole else f"stopped {', '.join(names)}")
+
+
+class _Progress:
+    """Which workers are still draining: one updated line on a terminal, plain lines on a pipe."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stdout.isatty()
+        self.last: str | None = None
+
+    def show(self, left: list[dict[str, Any]]) -> None:
+        if not left:
+            return
+        if self.tty:
+            parts = [f"{w['program']}#{w['index']}" + (f" ({w['stop_in_s']}s to SIGKILL)" if w.get("stop_in_s") is not None else "") for w in left[:6]]
+            more = f" +{len(left) - 6} more" if len(left) > 6 else ""
+            sys.stdout.write(f"\r\033[Kstopping: {len(left)} workers left: {', '.join(parts)}{more}")
+            sys.stdout.flush()
+            self.last = "tty"
+            return
+        line = f"stopping: {len(left)} workers left"
+        if line != self.last:
+            print(line, flush=True)
+            self.last = line
+
+    def done(self) -> None:
+        if self.tty and self.last:
+            sys.stdout.write("\r\033[K")
+            sys.stdout.flush()
+
+
+def cmd_exit(args: dict[str, Any]) -> int:
+    """SIGKILL every worker's process group and the master at once."""
+    cfg = _load(args)
+    pid = _running(cfg)
+    groups: set[int] = set()
+    try:
+        os.kill(pid, signal.SIGSTOP)  # frozen, the master can spawn nothing more
+    except ProcessLookupError:
+        pass
+    try:
+        import psutil
+
+        groups.update(child.pid for child in psutil.Process(pid).children())
+    except Exception:  # noqa: BLE001 - the record below is the fallback
+        pass
+    try:
+        with open(cfg.workersfile) as fh:
+            groups.update(int(w["pgid"]) for w in json.load(fh)["workers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if not daemon.wait_gone(cfg.pidfile, 10):
+        raise Fail(f"master {pid} did not die")
+    for path in (cfg.pidfile, cfg.sockfile, cfg.workersfile):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    print(f"killed master {pid} and {len(groups)} worker process groups")
+    return 0
+
+
+def cmd_restart(args: dict[str, Any]) -> int:
+    """stop then start; --rolling replaces workers one at a time."""
+    cfg = _load(args)
+    programs, groups, names = _selection(args, cfg)
+    if args["--rolling"]:
+        _running(cfg)
+        reply = _ask(cfg, {"cmd": "restart", "rolling": True, "programs": programs, "groups": groups}, None)
+        for name, n in reply["replaced"].items():
+            print(f"{name}: {n} workers replaced one at a time")
+        return 0
+    if daemon.running_pid(cfg.pidfile):
+        _stop(cfg, programs, groups, names, None)
+    args = dict(args, **{"--foreground": False})
+    return cmd_start(args)
+
+
+def cmd_reload(args: dict[str, Any]) -> int:
+    """Re-read the configuration and apply the difference."""
+    cfg = _load(args)
+    _running(cfg)
+    reply = _ask(cfg, {"cmd": "reload"}, None)
+    for line in reply["changes"]:
+        print(line)
+    return 0
+
+
+def cmd_scale(args: dict[str, Any]) -> int:
+    """Set a program's worker count now."""
+    cfg = _load(args)
+    name, sep, count = args["NAME=N"].partition("=")
+    if not sep or not count.strip().isdigit():
+        raise Fail(f"scale takes NAME=N, like member_1=4 (got {args['NAME=N']!r})", 2)
+    if name not in cfg.programs:
+        raise Fail(f"{cfg.path}: no program named {name!r}", 2)
+    _running(cfg)
+    reply = _ask(cfg, {"cmd": "scale", "program": name, "numprocs": int(count)}, None)
+    print(f"{name}: {reply['before']} -> {reply['after']} workers")
+    return 0
+
+
+def cmd_status(args: dict[str, Any]) -> int:
+    """One row per worker, or the JSON document."""
+    cfg = _load(args)
+    programs, groups, _names = _selection(args, cfg)
+    _running(cfg)
+    status = _ask(cfg, {"cmd": "status", "programs": programs, "groups": groups})["status"]
+    if args["--json"]:
+        for row in status["workers"]:
+            row.pop("stop_in_s", None)
+        status["master"].pop("stopping", None)
+        print(json.dumps(status, indent=1))
+        return 0
+    m = status["master"]
+    print(f"master {m['pid']}  up {_duration(m['uptime_s'])}  {m['config']}")
+    rows = [("PROGRAM", "#", "PID", "STATE", "UPTIME", "RESTARTS", "REQUESTS", "RSS", "LAST EXIT")]
+    for w in status["workers"]:
+        last = w["last_exit"]
+        rows.append(
+            (
+                w["program"],
+                str(w["index"]),
+                str(w["pid"] or "-"),
+                w["state"],
+                _duration(w["uptime_s"]) if w["pid"] else "-",
+                str(w["restarts"]),
+                str(w["requests"]),
+                _size(w["rss_bytes"]),
+                f"{last['reason']} ({last['code']})" if last else "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n = n / 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def cmd_tail(args: dict[str, Any]) -> int:
+    """Print the last lines of a log, and follow it across rotation with -f."""
+    cfg = _load(args)
+    names = list(args["--program"] or [])
+    if names and names[0] not in cfg.programs:
+        raise Fail(f"{cfg.path}: no program named {names[0]!r}", 2)
+    try:
+        lines = int(args["--lines"])
+    except ValueError:
+        raise Fail(f"-n takes a number of lines (got {args['--lines']!r})", 2) from None
+    path = os.path.join(cfg.logdir, f"{names[0]}.log" if names else "gsuper.log")
+    from gsuper.tail import follow, last_lines
+
+    if not os.path.exists(path) and not args["--follow"]:
+        raise Fail(f"no log yet at {path}")
+    sys.stdout.buffer.write(last_lines(path, lines))
+    sys.stdout.flush()
+    if args["--follow"]:
+        for chunk in follow(path):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

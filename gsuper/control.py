@@ -1,0 +1,151 @@
+"""The control socket: a Unix socket (mode 0600) in rundir, one JSON request and one JSON reply
+per connection, each a single line.
+
+The server runs in the master (gevent); the client in the CLI (plain blocking sockets).
+Garbage, huge or half-written requests get an error reply (or a closed connection) and never
+disturb the master. Connections from other users are refused (peer credentials).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.socket
+from gevent.server import StreamServer
+
+log = logging.getLogger("gsuper")
+
+MAX_REQUEST_BYTES = 1 << 20
+READ_TIMEOUT_S = 5.0
+
+Dispatch = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class ControlError(Exception):
+    """The master could not be reached or answered with an error."""
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def _read_line(sock: Any) -> bytes | None:
+    """One request line, or None when it is too big, half-written or never finished."""
+    buf = b""
+    with gevent.Timeout(READ_TIMEOUT_S, False):
+        while b"\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return buf or None  # a client that closes without a newline still gets parsed
+            buf += chunk
+            if len(buf) > MAX_REQUEST_BYTES:
+                return None
+        return buf.split(b"\n", 1)[0]
+    return None
+
+
+class ControlServer:
+    """Serves requests on the control socket by calling `dispatch(request) -> reply`."""
+
+    def __init__(self, path: str, dispatch: Dispatch) -> None:
+        self.path = path
+        self.dispatch = dispatch
+        self._server: StreamServer | None = None
+
+    def start(self) -> None:
+        """Bind the socket with mode 0600 (replacing a stale one) and start serving."""
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        listener = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            listener.bind(self.path)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        listener.listen(128)
+        self._server = StreamServer(listener, self._handle)
+        self._server.start()
+
+    def close(self) -> None:
+        """Stop serving and remove the socket file."""
+        if self._server is not None:
+            self._server.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    def _handle(self, sock: Any, _address: Any) -> None:
+        try:
+            uid = _peer_uid(sock)
+            if uid not in (0, os.geteuid()):
+                log.warning("control: refused a connection from uid %d", uid)
+                self._reply(sock, {"ok": False, "error": "permission denied"})
+                return
+            line = _read_line(sock)
+            if line is None:
+                self._reply(sock, {"ok": False, "error": "bad request: too big or not finished"})
+                return
+            try:
+                request = json.loads(line)
+            except ValueError:
+                request = None
+            if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+                self._reply(sock, {"ok": False, "error": "bad request: expected a JSON object with a cmd"})
+                return
+            try:
+                reply = self.dispatch(request)
+            except Exception as exc:  # noqa: BLE001 - a failing command must not end the master
+                log.exception("control: %s failed", request.get("cmd"))
+                reply = {"ok": False, "error": f"{request.get('cmd')} failed: {exc}"}
+            self._reply(sock, reply)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    @staticmethod
+    def _reply(sock: Any, reply: dict[str, Any]) -> None:
+        sock.sendall(json.dumps(reply).encode() + b"\n")
+
+
+def request(path: str, payload: dict[str, Any], timeout_s: float | None = 10.0) -> dict[str, Any]:
+    """Send one request to the master and return its reply (CLI side, blocking)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    try:
+        sock.connect(path)
+        sock.sendall(json.dumps(payload).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise ControlError(f"the master is not answering on {path}") from None
+    except TimeoutError:
+        raise ControlError(f"the master did not answer within {timeout_s:.0f}s on {path}") from None
+    except OSError as exc:
+        raise ControlError(f"cannot talk to the master on {path}: {exc.strerror}") from None
+    finally:
+        sock.close()
+    if not buf:
+        raise ControlError("the master closed the connection without an answer")
+    try:
+        reply = json.loads(buf)
+    except ValueError:
+        raise ControlError("the master sent an unreadable answer") from None
+    if not isinstance(reply, dict):
+        raise ControlError("the master sent an unreadable answer")
+    return reply

@@ -1,0 +1,118 @@
+"""Daemonizing and the locked pid file.
+
+The pid file is locked (flock) for as long as the master lives: "running" means "locked", so a
+pid file left by a killed master is recognised as stale and taken over, and the CLI waits for a
+master to be gone by the lock being released, not by `kill(pid, 0)` failing (a dead master can
+linger as a zombie until init reaps it).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import time
+
+
+class AlreadyRunning(Exception):
+    """Another master holds the pid file lock."""
+
+    def __init__(self, pid: int | None) -> None:
+        super().__init__(f"already running (pid {pid})" if pid else "already running")
+        self.pid = pid
+
+
+class PidFile:
+    """The master's pid file, locked while the master lives."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Lock and write our pid; return True when a stale file was taken over.
+
+        Raises AlreadyRunning when a live master holds the lock.
+        """
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        stale = os.path.exists(self.path)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise AlreadyRunning(read_pid(self.path)) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return stale
+
+    def release(self) -> None:
+        """Remove the file, then drop the lock (removing first means no one can see it unlocked)."""
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def read_pid(path: str) -> int | None:
+    """The pid written in the file, or None."""
+    try:
+        with open(path) as fh:
+            return int(fh.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def running_pid(path: str) -> int | None:
+    """The pid of the live master that holds the lock on `path`, or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return read_pid(path) or -1
+            raise
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def wait_gone(path: str, timeout_s: float) -> bool:
+    """Poll until no master holds the pid file lock; False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while running_pid(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def detach(stdio_path: str = os.devnull) -> None:
+    """In a freshly forked child: setsid, fork again, stdio to `stdio_path`.
+
+    The second fork means the daemon is not a session leader and can never regain a terminal.
+    Returns in the grandchild only; the intermediate child exits.
+    """
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.umask(0o022)
+    null = os.open(os.devnull, os.O_RDONLY)
+    out = os.open(stdio_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(null)
+    os.close(out)

@@ -1,0 +1,179 @@
+"""Log files: size rotation, reopen on SIGUSR1, and capture of worker output.
+
+One :class:`LogFile` serves both the master log (through :class:`LogFileHandler`) and each
+program's ``NAME.log``. Worker output is drained by one greenlet per worker
+(:func:`drain_output`), so a worker that prints a lot never blocks and never stalls the master.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sys
+import time
+
+import gevent
+import gevent.os
+
+CHUNK = 65536
+
+
+class LogFile:
+    """An append-only file rotated by size; write errors are reported once, never raised."""
+
+    def __init__(self, path: str, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._fd: int | None = None
+        self._size = 0
+        self._failed_at = 0.0
+        self.last_error: str | None = None
+
+    def _open(self) -> bool:
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self._size = os.fstat(self._fd).st_size
+            self.last_error = None
+            return True
+        except OSError as exc:
+            self._fail(exc)
+            return False
+
+    def _fail(self, exc: OSError) -> None:
+        # Report each new error once; retry opening at most once a second.
+        text = f"cannot write {self.path}: {exc.strerror}"
+        if text != self.last_error:
+            print(f"gsuper: {text}; output is dropped until it can be written", file=sys.stderr)
+        self.last_error = text
+        self._failed_at = time.monotonic()
+        self.close()
+
+    def write(self, data: bytes) -> None:
+        """Append data, rotating first when the file would pass max_bytes."""
+        if self._fd is None:
+            if time.monotonic() - self._failed_at < 1.0 and self.last_error:
+                return
+            if not self._open():
+                return
+        if self.max_bytes and self._size and self._size + len(data) > self.max_bytes:
+            self.rotate()
+            if self._fd is None:
+                return
+        assert self._fd is not None
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            self._size += len(data)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EIO, errno.EBADF, errno.EDQUOT, errno.EROFS):
+                self._fail(exc)
+            else:
+                raise
+
+    def rotate(self) -> None:
+        """NAME.log -> NAME.log.1 -> ... -> NAME.log.N (the oldest is dropped)."""
+        self.close()
+        try:
+            if self.backups <= 0:
+                os.truncate(self.path, 0)
+            else:
+                for i in range(self.backups - 1, 0, -1):
+                    src = f"{self.path}.{i}"
+                    if os.path.exists(src):
+                        os.replace(src, f"{self.path}.{i + 1}")
+                if os.path.exists(self.path):
+                    os.replace(self.path, f"{self.path}.1")
+        except OSError as exc:
+            self._fail(exc)
+            return
+        self._open()
+
+    def reopen(self) -> None:
+        """Close and open again (after an outside tool moved the file away)."""
+        self.close()
+        self._failed_at = 0.0
+        self._open()
+
+    def close(self) -> None:
+        """Close the file descriptor, if open."""
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+
+
+class LogFileHandler(logging.Handler):
+    """A logging handler writing to a LogFile (the master log)."""
+
+    def __init__(self, logfile: LogFile) -> None:
+        super().__init__()
+        self.logfile = logfile
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Format and append one record."""
+        try:
+            self.logfile.write((self.format(record) + "\n").encode("utf-8", "replace"))
+        except Exception:  # noqa: BLE001 - logging must never take the master down
+            self.handleError(record)
+
+
+def timestamp() -> bytes:
+    """The prefix time of a log line, to the millisecond."""
+    now = time.time()
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)).encode() + b".%03d" % int(now % 1 * 1000)
+
+
+def drain_output(fd: int, index: int, logfile: LogFile) -> None:
+    """Copy a worker's output pipe into its program's log until EOF, each line prefixed.
+
+    Runs in its own greenlet. Lines arriving in one read share one timestamp: prefixing with one
+    C-level replace keeps the cost flat however much a worker prints.
+    """
+    tag = b" [%d] " % index
+    partial = b""
+    try:
+        while True:
+            try:
+                chunk = gevent.os.nb_read(fd, CHUNK)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data = partial + chunk
+            cut = data.rfind(b"\n") + 1
+            partial = data[cut:]
+            if len(partial) > CHUNK:  # a very long line without a newline: write it as it is
+                cut, partial = len(data), b""
+            if cut:
+                prefix = timestamp() + tag
+                body = data[:cut]
+                logfile.write(prefix + body[:-1].replace(b"\n", b"\n" + prefix) + b"\n")
+        if partial:
+            logfile.write(timestamp() + tag + partial + b"\n")
+    finally:
+        os.close(fd)
+
+
+def setup_master_logging(logfile: LogFile | None, level: str, to_stderr: bool) -> logging.Logger:
+    """Configure the `gsuper` logger: the master log file and/or stderr."""
+    logger = logging.getLogger("gsuper")
+    logger.handlers.clear()
+    logger.setLevel(level.upper())
+    logger.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    if logfile is not None:
+        handler: logging.Handler = LogFileHandler(logfile)
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+    if to_stderr:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+    return logger

@@ -1,0 +1,60 @@
+"""Command templates: from a program's settings to the argv and environment of one worker.
+
+The php, python and shell runners are files under ``runners/`` (installed inside the package as
+``gsuper/runners``); they read their settings from ``GSUPER_*`` variables (docs/runners.md).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+from gsuper.config import RUNNER_INTERPRETERS, ProgramConfig
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_RUNNER_FILES = {"php": "php/worker.php", "python": "python/worker.py", "shell": "shell/worker.sh"}
+
+
+def runners_dir() -> str:
+    """The folder of the runner files: inside the installed package, or the checkout's runners/."""
+    installed = os.path.join(_HERE, "runners")
+    if os.path.isdir(installed):
+        return installed
+    return os.path.join(os.path.dirname(_HERE), "runners")
+
+
+def argv_for(program: ProgramConfig) -> list[str]:
+    """The command line that starts one worker of the program."""
+    if program.runner == "exec":
+        assert program.command is not None
+        return shlex.split(program.command)
+    interpreter = program.interpreter or RUNNER_INTERPRETERS[program.runner]
+    return [*shlex.split(interpreter), os.path.join(runners_dir(), _RUNNER_FILES[program.runner])]
+
+
+def env_for(
+    program: ProgramConfig, index: int, status_fd: int, max_request: int, base: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of one worker: the master's, the program's `environment`, then GSUPER_*.
+
+    `max_request` is this life's limit, with the jitter already drawn.
+    """
+    env = dict(os.environ if base is None else base)
+    env.update(program.environment)
+    env.update(
+        GSUPER_PROGRAM=program.name,
+        GSUPER_WORKER=str(index),
+        GSUPER_STATUS_FD=str(status_fd),
+        GSUPER_MODE=program.mode,
+        GSUPER_MAX_REQUEST=str(max_request),
+        GSUPER_MEMORY_LIMIT=str(program.memory_limit_bytes),
+        GSUPER_USLEEP=str(program.usleep_us),
+        GSUPER_ON_ERROR=program.on_error,
+    )
+    if program.runner != "exec":
+        env.update(
+            GSUPER_SCRIPT=program.script or "",
+            GSUPER_HANDLER=program.handler or "",
+            GSUPER_BOOTSTRAP="\n".join(program.bootstrap),
+        )
+    return env

@@ -1,0 +1,27 @@
+"""Packaging: `pip install .` gives the `gsuper` console script; the runners ship inside the package."""
+
+from setuptools import setup
+
+setup(
+    name="gsuper",
+    version="0.1.0",
+    description="A process supervisor on gevent for PHP queue consumers, Python and shell scripts",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=["gsuper", "gsuper.runners"],
+    package_dir={"gsuper": "gsuper", "gsuper.runners": "runners"},
+    package_data={"gsuper.runners": ["php/*.php", "python/*.py", "shell/*.sh"]},
+    install_requires=[
+        "gevent>=23.9",
+        "psutil>=5.9",
+        "configobj>=5.0.8",
+        "docopt-ng>=0.9",
+        "setproctitle>=1.3",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "redis>=4"],
+        "dev": ["ruff>=0.5", "mypy>=1.8", "types-psutil"],
+    },
+    entry_points={"console_scripts": ["gsuper = gsuper.cli:main"]},
+)
