@@ -276,7 +276,10 @@ class _Progress:
         if not left:
             return
         if self.tty:
-            parts = [f"{w['program']}#{w['index']}" + (f" ({w['stop_in_s']}s to SIGKILL)" if w.get("stop_in_s") is not None else "") for w in left[:6]]
+            parts = [
+                f"{w['program']}#{w['index']}" + (f" ({w['stop_in_s']}s to SIGKILL)" if w.get("stop_in_s") is not None else "")
+                for w in left[:6]
+            ]
             more = f" +{len(left) - 6} more" if len(left) > 6 else ""
             sys.stdout.write(f"\r\033[Kstopping: {len(left)} workers left: {', '.join(parts)}{more}")
             sys.stdout.flush()

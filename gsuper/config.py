@@ -97,7 +97,7 @@ class ConfigError(Exception):
     """A configuration that cannot be used; the text is one sentence for the user."""
 
 
-class _CheckError(ValidateError):
+class _CheckError(ValidateError):  # type: ignore[misc]
     """A validation failure carrying its own user-facing message."""
 
 
@@ -386,7 +386,8 @@ def load(path: str) -> GsuperConfig:
     try:
         raw = ConfigObj(lines, list_values=False, interpolation=False, encoding="utf-8")
     except ConfigObjError as exc:
-        msg = str(exc).replace("matched as neither section nor keyword", "not a section, key = value or comment")
+        first = (getattr(exc, "errors", None) or [exc])[0]
+        msg = str(first).replace("matched as neither section nor keyword", "not a section, key = value or comment")
         raise ConfigError(f"{path}: {msg}") from None
 
     if raw.scalars:
@@ -484,7 +485,9 @@ def _build_program(path: str, name: str, sec: Any, absolute: Any) -> ProgramConf
         if not command:
             raise ConfigError(f"{where} command: required for runner = exec")
         if script or handler or sec["bootstrap"]:
-            raise ConfigError(f"{where}: script, handler and bootstrap are for the php, python and shell runners; runner = exec runs command")
+            raise ConfigError(
+                f"{where}: script, handler and bootstrap are for the php, python and shell runners; runner = exec runs command"
+            )
     else:
         if command:
             raise ConfigError(f"{where} command: only for runner = exec (runner {runner} runs script or handler)")

@@ -155,6 +155,9 @@ def drain_output(fd: int, index: int, logfile: LogFile) -> None:
                 prefix = timestamp() + tag
                 body = data[:cut]
                 logfile.write(prefix + body[:-1].replace(b"\n", b"\n" + prefix) + b"\n")
+            # nb_read returns at once while the pipe has data: yield, or a worker that never stops
+            # printing would starve every other greenlet of the master.
+            gevent.sleep(0)
         if partial:
             logfile.write(timestamp() + tag + partial + b"\n")
     finally:

@@ -212,7 +212,8 @@ class Master:
                     continue
                 w.rss_bytes = rss
                 if rss > w.program.memory_limit_bytes:
-                    log.warning("%s (pid %s) uses %d bytes, over memory_limit %d", w.name, w.pid, rss, w.program.memory_limit_bytes)
+                    limit = w.program.memory_limit_bytes
+                    log.warning("%s (pid %s) uses %d bytes, over memory_limit %d", w.name, w.pid, rss, limit)
                     w.recycle("memory_limit")
 
     # -- the record of live workers, for a takeover after a crash ------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import json
 import logging
 import os
@@ -247,7 +248,7 @@ class Worker:
                 stderr=out_w,
                 pass_fds=(status_w,),
                 start_new_session=True,
-                preexec_fn=lambda pid=os.getpid(): _child_setup(pid),
+                preexec_fn=functools.partial(_child_setup, os.getpid()),
             )
         except OSError as exc:
             for fd in (status_r, out_r):
@@ -305,9 +306,12 @@ class Worker:
             return False
         # Died too soon: a failed start.
         self._failures += 1
+        if self.state is S.RUNNING:  # startsecs < 1 had already promoted it
+            self._transition(S.EXITED)
         self._transition(S.BACKOFF)
         if self._failures > program.startretries:
-            self.last_error = self.last_error or f"exited {self._failures} times within {max(program.startsecs_s, MIN_UPTIME_S)}s of starting"
+            window = max(program.startsecs_s, MIN_UPTIME_S)
+            self.last_error = self.last_error or f"exited {self._failures} times within {window}s of starting"
             log.error("%s: FATAL after %d failed starts in a row", self.name, self._failures)
             self._transition(S.FATAL)
             self._wanted = False
@@ -377,6 +381,7 @@ class Worker:
                     buf = b""
                 for line in lines:
                     self._on_report(line)
+                gevent.sleep(0)  # a flood of reports must not starve the other greenlets
         finally:
             os.close(fd)
 

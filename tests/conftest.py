@@ -3,11 +3,18 @@ process carrying that token is still alive when it ends (gsuper masters, workers
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -52,3 +59,120 @@ def leak_check(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
             except (psutil.NoSuchProcess, ProcessLookupError):
                 pass
         pytest.fail("processes left behind by the test: " + "; ".join(described))
+
+
+# -- driving the real command line ---------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = str(ROOT / "bin" / "gsuper")
+PHP = shutil.which("php")
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
+    """Poll `condition` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Gsuper:
+    """A gsuper configuration in a temporary folder, driven through bin/gsuper."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.config = root / "gsuper.ini"
+
+    def write(self, text: str) -> Path:
+        """Write the configuration file (dedented)."""
+        self.config.write_text(textwrap.dedent(text))
+        return self.config
+
+    def file(self, name: str, text: str, mode: int = 0o644) -> Path:
+        """Write a helper file (a worker script) next to the configuration."""
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+        path.chmod(mode)
+        return path
+
+    def run(self, *args: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run `bin/gsuper ARGS -c CONFIG` and return the finished process."""
+        argv = [sys.executable, BIN, *args]
+        if "-c" not in args and args and args[0] == "-s":
+            argv += ["-c", str(self.config)]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=self.root)
+        if check and proc.returncode != 0:
+            pytest.fail(f"gsuper {' '.join(args)} exited {proc.returncode}: {proc.stderr}{proc.stdout}")
+        return proc
+
+    def start(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        """`-s start`, which must succeed."""
+        return self.run("-s", "start", *extra, check=True)
+
+    def status(self, *extra: str) -> dict[str, Any]:
+        """`-s status --json`, parsed."""
+        proc = self.run("-s", "status", "--json", *extra, check=True)
+        return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+    def workers(self, program: str | None = None) -> list[dict[str, Any]]:
+        """The worker rows of status, optionally of one program."""
+        return [w for w in self.status()["workers"] if program is None or w["program"] == program]
+
+    def wait_workers(
+        self, program: str, state: str = "RUNNING", count: int | None = None, timeout: float = 15
+    ) -> list[dict[str, Any]]:
+        """Wait until `count` (default: all) workers of the program are in `state`."""
+
+        def ready() -> list[dict[str, Any]] | None:
+            rows = self.workers(program)
+            match = [w for w in rows if w["state"] == state]
+            want = len(rows) if count is None else count
+            return match if rows and len(match) == want else None
+
+        return wait_for(ready, timeout, 0.05, f"{program} workers {state}")  # type: ignore[no-any-return]
+
+    def log(self, name: str = "gsuper") -> str:
+        """The text of a log file (the master's by default)."""
+        path = self.root / "log" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def master_pid(self) -> int | None:
+        """Pid of the running master, from its pid file."""
+        path = self.root / "run" / "gsuper.pid"
+        try:
+            return int(path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def running(self) -> bool:
+        """Whether a master holds the pid file lock."""
+        sys.path.insert(0, str(ROOT))
+        from gsuper.daemon import running_pid
+
+        return bool(running_pid(str(self.root / "run" / "gsuper.pid")))
+
+    def cleanup(self) -> None:
+        """Force an exit if a master is still running (the leak check then sees nothing)."""
+        if self.config.exists() and self.running():
+            self.run("-s", "exit")
+
+
+@pytest.fixture
+def gs(tmp_path: Path) -> Iterator[Gsuper]:
+    """A Gsuper in a temporary folder; any master still running at the end is made to exit."""
+    g = Gsuper(tmp_path)
+    yield g
+    g.cleanup()
+
+
+def alive(pid: int) -> bool:
+    """True while the pid is a live process (not a zombie)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
