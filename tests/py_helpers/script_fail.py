@@ -1,0 +1,3 @@
+"""A script that always fails."""
+
+raise KeyError("missing thing")
