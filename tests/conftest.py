@@ -64,6 +64,7 @@ def leak_check(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 # -- driving the real command line ---------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 BIN = str(ROOT / "bin" / "gsuper")
 PHP = shutil.which("php")
 
@@ -141,20 +142,27 @@ class Gsuper:
         path = self.root / "log" / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def pidfile(self) -> str:
+        """The pid file path of this configuration (rundir may be set in it)."""
+        from gsuper import config
+
+        try:
+            return config.load(str(self.config)).pidfile
+        except config.ConfigError:
+            return str(self.root / "run" / "gsuper.pid")
+
     def master_pid(self) -> int | None:
         """Pid of the running master, from its pid file."""
-        path = self.root / "run" / "gsuper.pid"
         try:
-            return int(path.read_text().strip())
+            return int(Path(self.pidfile()).read_text().strip())
         except (OSError, ValueError):
             return None
 
     def running(self) -> bool:
         """Whether a master holds the pid file lock."""
-        sys.path.insert(0, str(ROOT))
         from gsuper.daemon import running_pid
 
-        return bool(running_pid(str(self.root / "run" / "gsuper.pid")))
+        return bool(running_pid(self.pidfile()))
 
     def cleanup(self) -> None:
         """Force an exit if a master is still running (the leak check then sees nothing)."""

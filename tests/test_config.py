@@ -24,13 +24,23 @@ def write(tmp_path: Path, text: str) -> str:
 
 @pytest.mark.parametrize(
     "text,expected",
-    [("50M", 50 * 2**20), ("50", 50 * 2**20), ("1G", 2**30), ("512K", 512 * 1024), ("0", 0), ("1.5M", int(1.5 * 2**20)), ("10MB", 10 * 2**20)],
+    [
+        ("50M", 50 * 2**20),
+        ("50", 50 * 2**20),
+        ("1G", 2**30),
+        ("512K", 512 * 1024),
+        ("0", 0),
+        ("1.5M", int(1.5 * 2**20)),
+        ("10MB", 10 * 2**20),
+    ],
 )
 def test_sizes(text, expected):
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text,expected", [("30", 30.0), ("30s", 30.0), ("5m", 300.0), ("500ms", 0.5), ("1h", 3600.0), ("0.5", 0.5)])
+@pytest.mark.parametrize(
+    "text,expected", [("30", 30.0), ("30s", 30.0), ("5m", 300.0), ("500ms", 0.5), ("1h", 3600.0), ("0.5", 0.5)]
+)
 def test_durations(text, expected):
     assert parse_duration(text) == expected
 
@@ -119,7 +129,7 @@ ERRORS = [
     ("[program:a]\nrunner = exec\n", "[program:a] command: required"),
     ("[program:a]\nrunner = php\n", "[program:a]: give exactly one of script and handler"),
     ("[program:a]\ncommand = sleep 1\n[group:g]\nprograms = a, b\n", "[group:g] programs: no program named 'b'"),
-    ("[program:a]\ncommand = sh -c \"echo a # b\"\n", "[program:a] command: the value looks cut by a '#' comment"),
+    ('[program:a]\ncommand = sh -c "echo a # b"\n', "[program:a] command: the value looks cut by a '#' comment"),
     ("[program:a]\ncommand = sleep 1\n[program:a]\ncommand = sleep 2\n", "Duplicate section name"),
     ("this is not ini\n", "line 1"),
     ("[program:a b]\ncommand = sleep 1\n", "may hold only letters"),

@@ -33,7 +33,17 @@ def test_start_status_stop(gs):
     assert psutil.Process(master).cmdline()[0].startswith("gsuper: master")
     doc = gs.status()
     assert doc["master"]["pid"] == master and doc["master"]["config"] == str(gs.config)
-    assert set(doc["workers"][0]) >= {"program", "index", "pid", "state", "uptime_s", "restarts", "requests", "rss_bytes", "last_exit"}
+    assert set(doc["workers"][0]) >= {
+        "program",
+        "index",
+        "pid",
+        "state",
+        "uptime_s",
+        "restarts",
+        "requests",
+        "rss_bytes",
+        "last_exit",
+    }
     assert [w["index"] for w in rows] == [0, 1, 2] and all(w["rss_bytes"] > 0 for w in rows)
     table = gs.run("-s", "status", check=True).stdout
     assert "sleeper" in table and "RUNNING" in table
@@ -120,7 +130,9 @@ def test_autorestart_false_and_unexpected(gs):
 @pytest.mark.skipif(PHP is None, reason="php-cli is not installed")
 def test_stop_waits_for_the_request_in_progress(gs):
     # A PHP worker whose 2-second request may not be cut: TERM is blocked while it runs.
-    gs.file("slow.php", """<?php
+    gs.file(
+        "slow.php",
+        """<?php
     pcntl_async_signals(true);
     $stop = false;
     pcntl_signal(SIGTERM, function () use (&$stop) { $stop = true; });
@@ -133,7 +145,8 @@ def test_stop_waits_for_the_request_in_progress(gs):
         file_put_contents(__DIR__ . '/done.txt', "$id\\n", FILE_APPEND | LOCK_EX);
         pcntl_sigprocmask(SIG_UNBLOCK, [SIGTERM]);
     }
-    """)
+    """,
+    )
     gs.write(f"""
     [program:slow]
     command = {PHP} slow.php
@@ -141,7 +154,9 @@ def test_stop_waits_for_the_request_in_progress(gs):
     stop_timeout = 10
     """)
     gs.start()
-    wait_for(lambda: (gs.root / "begun.txt").exists() and len((gs.root / "begun.txt").read_text().split()) >= 3, what="requests begun")
+    wait_for(
+        lambda: (gs.root / "begun.txt").exists() and len((gs.root / "begun.txt").read_text().split()) >= 3, what="requests begun"
+    )
     started = time.monotonic()
     gs.run("-s", "stop", check=True)
     begun = sorted((gs.root / "begun.txt").read_text().split())
@@ -152,14 +167,17 @@ def test_stop_waits_for_the_request_in_progress(gs):
 
 
 def test_worker_ignoring_term_is_killed_with_its_children(gs):
-    gs.file("stubborn.py", """
+    gs.file(
+        "stubborn.py",
+        """
     import os, signal, subprocess, time
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     child = subprocess.Popen(["sleep", "1000"])
     open("child.pid", "w").write(str(child.pid))
     while True:
         time.sleep(1)
-    """)
+    """,
+    )
     gs.write(f"""
     [program:stubborn]
     command = {sys.executable} stubborn.py
@@ -258,12 +276,15 @@ def test_signals_to_the_master(gs):
 
 
 def test_noisy_worker_never_blocks_the_master(gs):
-    gs.file("noisy.py", """
+    gs.file(
+        "noisy.py",
+        """
     import sys
     line = "x" * 200 + "\\n"
     while True:
         sys.stdout.write(line * 100)
-    """)
+    """,
+    )
     gs.write(f"""
     [gsuper]
     log_max_bytes = 1M
@@ -333,7 +354,12 @@ def test_default_config_is_gsuper_ini_in_the_current_folder(gs):
 
 def test_foreground_master(gs):
     gs.write(SLEEPER.replace("numprocs = 3", "numprocs = 1"))
-    proc = subprocess.Popen([sys.executable, BIN, "-s", "start", "--foreground", "-c", str(gs.config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, BIN, "-s", "start", "--foreground", "-c", str(gs.config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert "sleeper: 1 worker started" in proc.stdout.readline()
         pid = gs.wait_workers("sleeper")[0]["pid"]

@@ -97,13 +97,17 @@ def test_memory_limit_replaces_a_leaking_worker(gs, runner):
     """)
     gs.start()
     first = wait_for(lambda: gs.workers("leaky")[0]["pid"], what="a first worker")
-    row = wait_for(lambda: [w for w in gs.workers("leaky") if w["pid"] not in (None, first) and w["last_exit"]], 30, what="a replacement")[0]
+    row = wait_for(
+        lambda: [w for w in gs.workers("leaky") if w["pid"] not in (None, first) and w["last_exit"]], 30, what="a replacement"
+    )[0]
     assert row["last_exit"] == {"reason": "memory_limit", "code": 0}
     assert "FATAL" not in gs.log()
 
 
 def test_master_replaces_an_exec_worker_over_memory_limit(gs):
-    gs.file("hog.py", """
+    gs.file(
+        "hog.py",
+        """
     import time
     hog = []
     while True:
@@ -111,7 +115,8 @@ def test_master_replaces_an_exec_worker_over_memory_limit(gs):
         for chunk in hog[-1:]:
             chunk[::4096] = b"x" * len(chunk[::4096])
         time.sleep(0.05)
-    """)
+    """,
+    )
     gs.write(f"""
     [gsuper]
     memory_check_interval = 0.2
