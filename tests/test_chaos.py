@@ -4,17 +4,16 @@ a hostile control socket, an unusable log file."""
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 
 import psutil
 import pytest
+from conftest import BIN, alive, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import BIN, alive, wait_for
 from gsuper import config
 
 pytestmark = pytest.mark.timeout(120)

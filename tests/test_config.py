@@ -172,7 +172,8 @@ def test_every_contract_key_is_in_the_spec():
     keys = {line.split("=")[0].strip() for line in config.SPEC_PROGRAM.splitlines() if line and not line.startswith("#")}
     contract = {
         "runner", "script", "handler", "command", "bootstrap", "numprocs", "max_request", "max_request_jitter", "memory_limit",
-        "usleep", "autorestart", "exitcodes", "startsecs", "startretries", "stopsignal", "stop_timeout", "directory", "environment", "mode",
+        "usleep", "autorestart", "exitcodes", "startsecs", "startretries", "stopsignal", "stop_timeout", "directory",
+        "environment", "mode",
     }  # fmt: skip
     assert contract <= keys
 

@@ -8,7 +8,6 @@ import time
 
 import psutil
 import pytest
-
 from conftest import PHP, ROOT, wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -81,7 +80,8 @@ def test_status_reports_requests_and_recycle_reason(gs, runner):
 
 LEAK = {
     "php": "<?php\n$GLOBALS['hog'][] = str_repeat('x', 2 * 1024 * 1024);\nusleep(20000);\n",
-    "python": "import builtins, time\nbuiltins.__dict__.setdefault('hog', []).append(bytearray(2 * 1024 * 1024))\ntime.sleep(0.02)\n",
+    "python": "import builtins, time\n"
+    "builtins.__dict__.setdefault('hog', []).append(bytearray(2 * 1024 * 1024))\ntime.sleep(0.02)\n",
 }
 
 
@@ -157,7 +157,8 @@ def test_usleep_keeps_a_loop_that_never_sleeps_off_the_cpu(gs, runner):
 
 
 SLOW = {
-    "php": "<?php\n$id = getmypid() . '-' . microtime(true);\nfile_put_contents(__DIR__ . '/begun.txt', \"$id\\n\", FILE_APPEND | LOCK_EX);\n"
+    "php": "<?php\n$id = getmypid() . '-' . microtime(true);\n"
+    "file_put_contents(__DIR__ . '/begun.txt', \"$id\\n\", FILE_APPEND | LOCK_EX);\n"
     "$t = microtime(true); while (microtime(true) - $t < 2) { usleep(10000); }\n"
     "file_put_contents(__DIR__ . '/done.txt', \"$id\\n\", FILE_APPEND | LOCK_EX);\n",
     "python": "import os, time\nrid = f'{os.getpid()}-{time.time()}'\nopen('begun.txt', 'a').write(rid + '\\n')\n"
