@@ -1,0 +1,525 @@
+<?php
+/**
+ * gsuper PHP runner: the in-process request loop of one worker.
+ *
+ * The master starts `php runners/php/worker.php` in the program's directory and passes
+ * everything in the environment:
+ *
+ *   GSUPER_PROGRAM, GSUPER_WORKER   program name, worker index (process title, logs)
+ *   GSUPER_STATUS_FD                fd of a pipe to the master (JSON lines); empty: no reports
+ *   GSUPER_MODE                     loop (default): one call per request | daemon: one long call
+ *   GSUPER_SCRIPT | GSUPER_HANDLER  the business code: a file, or Class::method / function
+ *   GSUPER_BOOTSTRAP                newline-separated files, require_once'd once, in order
+ *   GSUPER_MAX_REQUEST              requests per life, 0 = unlimited
+ *   GSUPER_MEMORY_LIMIT             bytes of resident memory (VmRSS), 0 = none
+ *   GSUPER_USLEEP                   microseconds slept after each request, 0 = none
+ *   GSUPER_ON_ERROR                 continue (default) | exit (code 70) after a failed request
+ *
+ * Exit codes: 0 a clean end (max_request, memory_limit, stopped, done); 70 a failed request
+ * with on_error=exit; 78 the worker could not start (bad bootstrap, handler or settings);
+ * 255 a PHP fatal error. Status events: ready, request, error, exit (see DESIGN.md).
+ */
+
+declare(strict_types=1);
+
+namespace Gsuper\Runner;
+
+if (!\extension_loaded('pcntl')) {
+    fwrite(\STDERR, "gsuper: cannot start: the PHP runner needs the pcntl extension (php-cli with pcntl)\n");
+    exit(78);
+}
+
+const EXIT_OK = 0;
+const EXIT_REQUEST_FAILED = 70;   // EX_SOFTWARE
+const EXIT_CANNOT_START = 78;     // EX_CONFIG
+const STOP_SIGNALS = [\SIGTERM, \SIGINT, \SIGQUIT];
+
+/** Request reports go out at most this often (plus always the last one). */
+const REPORT_EVERY_NS = 50_000_000;
+
+/**
+ * With usleep=0, stop signals and memory are checked after a batch of requests that lasts
+ * about this long (at the pace measured so far), instead of after every request: a check
+ * costs a syscall (~0.3 µs), many times a tiny request. Requests longer than this are checked
+ * one by one, so batching only ever delays a stop by about this much work. (Should tiny
+ * requests suddenly turn slow, a batch still runs to its end: at most MAX_BATCH requests.)
+ */
+const CHECK_EVERY_NS = 20_000;
+const MAX_BATCH = 1024;
+
+/** Keeps one status line under PIPE_BUF, so a non-blocking write is all or nothing. */
+const MAX_MESSAGE_BYTES = 500;
+
+/** Raised for anything that keeps the worker from starting: it ends with exit code 78. */
+final class CannotStart extends \RuntimeException
+{
+}
+
+/**
+ * Run a business script in a fresh function scope, so that its variables die with the
+ * request. No named variable of ours is visible to it (the path is only an argument).
+ */
+function include_script(): void
+{
+    include func_get_arg(0);
+}
+
+/** The status pipe to the master: one JSON object per line, never blocking a request. */
+final class StatusPipe
+{
+    /** @var resource|null */
+    private $stream = null;
+
+    public function __construct(string $fd, private readonly Worker $worker)
+    {
+        if ($fd === '') {
+            return;
+        }
+        if (!ctype_digit($fd)) {
+            throw new CannotStart("GSUPER_STATUS_FD must be a file descriptor number, not '$fd'");
+        }
+        $stream = @fopen("php://fd/$fd", 'w');
+        if ($stream === false) {
+            // Not fatal: the worker can run without reports; the master still sees it exit.
+            $worker->log("cannot open status fd $fd; running without status reports");
+            return;
+        }
+        stream_set_blocking($stream, false);
+        $this->stream = $stream;
+    }
+
+    /**
+     * Send one event. A write that would block is dropped: a report is never worth a stall.
+     * $last: the final reports before exit may wait a moment (100 ms) for room in the pipe.
+     */
+    public function send(array $event, bool $last = false): void
+    {
+        if ($this->stream === null) {
+            return;
+        }
+        $line = json_encode(
+            $event,
+            \JSON_UNESCAPED_SLASHES | \JSON_UNESCAPED_UNICODE | \JSON_INVALID_UTF8_SUBSTITUTE
+            | \JSON_PRESERVE_ZERO_FRACTION
+        ) . "\n";
+        // Lines are shorter than PIPE_BUF (4096), so a write is atomic: all of it or EAGAIN.
+        $written = @fwrite($this->stream, $line);
+        if ($written === 0 && $last) {
+            $read = $except = null;
+            $write = [$this->stream];
+            if (@stream_select($read, $write, $except, 0, 100_000) > 0) {
+                $written = @fwrite($this->stream, $line);
+            }
+        }
+        if ($written === false) {
+            // The master is gone or the fd is bad (EPIPE/EBADF; PHP's CLI ignores SIGPIPE).
+            $this->stream = null;
+        }
+    }
+}
+
+final class Worker
+{
+    public readonly string $name;
+    public readonly string $mode;
+    public readonly string $script;
+    public readonly string $handler;
+    /** @var list<string> */
+    public readonly array $bootstrap;
+    public readonly int $maxRequest;
+    public readonly int $memoryLimit;
+    public readonly int $usleep;
+    public readonly bool $exitOnError;
+
+    private StatusPipe $status;
+    /** startup (bootstrap, resolving the handler) | loop | daemon | done */
+    private string $phase = 'startup';
+    /** Set by our signal handler: only runs if business code unblocked the stop signals. */
+    private bool $stopRequested = false;
+    /** Requests done so far, as of the last check (the shutdown function reads it). */
+    private int $requests = 0;
+    private int $reportedRequests = 0;
+    private int $lastReportNs = 0;
+    /** Time spent in requests since the last request report (for its "ms"). */
+    private int $busyNs = 0;
+    private int $rss = 0;
+    /** @var resource|null kept open: rewinding and re-reading is 2x cheaper than reopening */
+    private $procStatus = null;
+
+    /** @param array<string, string> $env */
+    public function __construct(array $env)
+    {
+        $this->name = (($env['GSUPER_PROGRAM'] ?? '') ?: 'php') . '#' . (($env['GSUPER_WORKER'] ?? '') ?: '0');
+        $this->status = new StatusPipe($env['GSUPER_STATUS_FD'] ?? '', $this);
+    }
+
+    /**
+     * Read the settings. Apart from the constructor, so that a bad one is reported on the
+     * status pipe like any failure to start.
+     *
+     * @param array<string, string> $env
+     */
+    public function configure(array $env): void
+    {
+        $this->mode = ($env['GSUPER_MODE'] ?? '') ?: 'loop';
+        if ($this->mode !== 'loop' && $this->mode !== 'daemon') {
+            throw new CannotStart("GSUPER_MODE must be loop or daemon, not '{$this->mode}'");
+        }
+        $this->script = $env['GSUPER_SCRIPT'] ?? '';
+        $this->handler = trim($env['GSUPER_HANDLER'] ?? '');
+        if (($this->script === '') === ($this->handler === '')) {
+            throw new CannotStart('exactly one of GSUPER_SCRIPT and GSUPER_HANDLER must be set');
+        }
+        $this->bootstrap = array_values(array_filter(
+            array_map('trim', explode("\n", $env['GSUPER_BOOTSTRAP'] ?? '')),
+            static fn (string $file): bool => $file !== '',
+        ));
+        $this->maxRequest = self::count($env, 'GSUPER_MAX_REQUEST');
+        $this->memoryLimit = self::count($env, 'GSUPER_MEMORY_LIMIT');
+        $this->usleep = self::count($env, 'GSUPER_USLEEP');
+        $onError = ($env['GSUPER_ON_ERROR'] ?? '') ?: 'continue';
+        if ($onError !== 'continue' && $onError !== 'exit') {
+            throw new CannotStart("GSUPER_ON_ERROR must be continue or exit, not '$onError'");
+        }
+        $this->exitOnError = $onError === 'exit';
+    }
+
+    /** @param array<string, string> $env */
+    private static function count(array $env, string $key): int
+    {
+        $value = trim($env[$key] ?? '');
+        if ($value === '') {
+            return 0;
+        }
+        if (!ctype_digit($value)) {
+            throw new CannotStart("$key must be a whole number, not '$value'");
+        }
+        return (int) $value;
+    }
+
+    /** Process title, shutdown hook, and stop signals for the startup phase. */
+    public function start(): void
+    {
+        @cli_set_process_title('gsuper: ' . $this->name);
+        register_shutdown_function([$this, 'onShutdown']);
+        // During startup a stop ends the worker at once: no request is in progress to finish.
+        // (Async signals also interrupt a sleep or a connect in a bootstrap file.)
+        pcntl_async_signals(true);
+        foreach (STOP_SIGNALS as $signal) {
+            pcntl_signal($signal, function (): void {
+                $this->stopRequested = true;
+                if ($this->phase === 'startup') {
+                    $this->finish('stopped', EXIT_OK);
+                }
+            });
+        }
+    }
+
+    /** The business code, resolved once, and the loop (or the single daemon call). */
+    public function run(): never
+    {
+        [$batch, $target] = $this->resolve();
+        if ($this->mode === 'daemon') {
+            $this->runDaemon($batch, $target);
+        }
+        $this->runLoop($batch, $target);
+    }
+
+    /**
+     * Returns [batch, target]: batch($target, $n, $upTo, &$error) runs requests $n+1..$upTo
+     * and returns the count reached; a request that throws ends the batch early, counted,
+     * with the Throwable in $error.
+     *
+     * The batch loop is compiled once with the handler's name written in it (after the name
+     * is checked by reflection): a direct call such as `\App\Job::run()` costs half of a call
+     * through a Closure, which matters for tiny requests.
+     *
+     * @return array{\Closure, mixed}
+     */
+    private function resolve(): array
+    {
+        $target = null;
+        if ($this->script !== '') {
+            if (!is_file($this->script) || !is_readable($this->script)) {
+                throw new CannotStart("script not found or not readable: {$this->script}");
+            }
+            $call = '\\' . __NAMESPACE__ . '\\include_script($target)';
+            $target = $this->script;
+        } elseif (str_contains($this->handler, '::')) {
+            [$class, $method] = explode('::', ltrim($this->handler, '\\'), 2);
+            if (!class_exists($class)) {
+                throw new CannotStart("handler class $class not found"
+                    . ' (is it loaded by a bootstrap file, e.g. an autoloader?)');
+            }
+            if (!method_exists($class, $method)) {
+                throw new CannotStart("handler method {$this->handler} does not exist");
+            }
+            $reflection = new \ReflectionMethod($class, $method);
+            if (!$reflection->isPublic() || $reflection->getNumberOfRequiredParameters() > 0) {
+                throw new CannotStart("handler {$this->handler} must be public and take no arguments");
+            }
+            $method = $reflection->getName();
+            if ($reflection->isStatic()) {
+                // The class as named (not the declaring parent): static:: must resolve to it.
+                $call = '\\' . (new \ReflectionClass($class))->getName() . "::$method()";
+            } else {
+                // One instance per worker life; its constructor may open connections.
+                try {
+                    $target = new $class();
+                } catch (\Throwable $e) {
+                    throw new CannotStart("constructing handler class $class failed: " . self::describe($e), 0, $e);
+                }
+                $call = "\$target->$method()";
+            }
+        } else {
+            $function = ltrim($this->handler, '\\');
+            if (!function_exists($function)) {
+                throw new CannotStart("handler function {$this->handler} not found"
+                    . ' (is it loaded by a bootstrap file?)');
+            }
+            $reflection = new \ReflectionFunction($function);
+            if ($reflection->getNumberOfRequiredParameters() > 0) {
+                throw new CannotStart("handler {$this->handler} must take no arguments");
+            }
+            $call = '\\' . $reflection->getName() . '()';
+        }
+        $batch = eval('return static function ($target, int $n, int $upTo, &$error): int {
+            try {
+                for (; $n < $upTo; ++$n) {
+                    ' . $call . ';
+                }
+            } catch (\Throwable $e) {
+                $error = $e;
+                ++$n;
+            }
+            return $n;
+        };');
+        return [$batch, $target];
+    }
+
+    private function runDaemon(\Closure $batch, mixed $target): never
+    {
+        // A long run handles its own signals (or dies of TERM by default, as any program).
+        foreach (STOP_SIGNALS as $signal) {
+            pcntl_signal($signal, \SIG_DFL);
+        }
+        $this->phase = 'daemon';
+        $this->status->send(['event' => 'ready', 'pid' => getmypid()]);
+        $error = null;
+        $started = hrtime(true);
+        $this->requests = $batch($target, 0, 1, $error);
+        $this->busyNs = hrtime(true) - $started;
+        if ($error !== null) {
+            $this->requestFailed($error);
+            $this->finish('error', EXIT_REQUEST_FAILED);
+        }
+        $this->finish('done', EXIT_OK);
+    }
+
+    private function runLoop(\Closure $batch, mixed $target): never
+    {
+        // Stop signals stay blocked from here on: a request is never interrupted by them (no
+        // EINTR in its sleep() or blocking reads), and they wait, pending, until the loop
+        // takes them with sigtimedwait between requests. One sigprocmask for the whole life
+        // instead of two per request (each costs more than a tiny request).
+        pcntl_sigprocmask(\SIG_BLOCK, STOP_SIGNALS);
+        pcntl_signal_dispatch(); // a stop caught just before the block ends startup cleanly
+        $this->phase = 'loop';
+        $this->status->send(['event' => 'ready', 'pid' => getmypid()]);
+
+        $n = 0;
+        $size = 1; // requests per batch: 1 unless requests are much shorter than CHECK_EVERY_NS
+        $upToMax = $this->maxRequest > 0 ? $this->maxRequest : \PHP_INT_MAX;
+        $sleepS = intdiv($this->usleep, 1_000_000);
+        $sleepNs = ($this->usleep % 1_000_000) * 1000;
+        $started = hrtime(true);
+        while (true) {
+            $error = null;
+            $before = $n;
+            $n = $batch($target, $n, min($n + $size, $upToMax), $error);
+            $now = hrtime(true);
+            $this->requests = $n;
+            $this->busyNs += $now - $started;
+            if ($error !== null) {
+                $this->requestFailed($error);
+                if ($this->exitOnError) {
+                    $this->finish('error', EXIT_REQUEST_FAILED);
+                }
+            }
+            if ($this->usleep === 0) {
+                // Grow the batch (at most doubling) while requests are tiny; shrink at once.
+                $perRequest = intdiv($now - $started, $n - $before) ?: 1;
+                $size = max(1, min(intdiv(CHECK_EVERY_NS, $perRequest), 2 * $size, MAX_BATCH));
+            }
+            if ($this->memoryLimit > 0) {
+                $this->rss = $this->readRss();
+            }
+            if ($now - $this->lastReportNs >= REPORT_EVERY_NS) {
+                $this->reportRequests($now);
+            }
+            if ($n >= $upToMax) {
+                $this->finish('max_request', EXIT_OK);
+            }
+            if ($this->memoryLimit > 0 && $this->rss > $this->memoryLimit) {
+                $this->finish('memory_limit', EXIT_OK);
+            }
+            // The usleep and the stop check are one call: wait for a stop signal, at most
+            // usleep (0: just look). An idle worker thus stops at once, not after its sleep.
+            if (pcntl_sigtimedwait(STOP_SIGNALS, $info, $sleepS, $sleepNs) > 0 || $this->stopRequested) {
+                $this->finish('stopped', EXIT_OK);
+            }
+            $started = hrtime(true);
+        }
+    }
+
+    private function reportRequests(int $now, bool $last = false): void
+    {
+        $done = $this->requests - $this->reportedRequests;
+        if ($done <= 0) {
+            return;
+        }
+        if ($this->memoryLimit === 0) {
+            $this->rss = $this->readRss(); // else it was read after the last request
+        }
+        $this->status->send([
+            'event' => 'request',
+            'requests' => $this->requests,
+            'memory' => $this->rss,
+            // mean of the requests since the last report (one request when they are slow)
+            'ms' => round($this->busyNs / $done / 1e6, 6),
+        ], $last);
+        $this->reportedRequests = $this->requests;
+        $this->busyNs = 0;
+        $this->lastReportNs = $now;
+    }
+
+    /** Resident memory in bytes: VmRSS of /proc/self/status, as ps shows it. */
+    private function readRss(): int
+    {
+        $this->procStatus ??= @fopen('/proc/self/status', 'r') ?: null;
+        if ($this->procStatus === null) {
+            return 0;
+        }
+        rewind($this->procStatus);
+        $text = (string) fread($this->procStatus, 8192);
+        $at = strpos($text, 'VmRSS:');
+        return $at === false ? 0 : (int) trim(substr($text, $at + 6, 24)) * 1024;
+    }
+
+    private function requestFailed(\Throwable $e): void
+    {
+        $this->log("request {$this->requests} failed: $e");
+        $this->status->send([
+            'event' => 'error',
+            'requests' => $this->requests,
+            'message' => substr(get_class($e) . ': ' . $e->getMessage(), 0, MAX_MESSAGE_BYTES),
+        ]);
+    }
+
+    /** Report the end (with a last request report; $message says why, if it is a failure) and exit. */
+    public function finish(string $reason, int $code, string $message = ''): never
+    {
+        $this->phase = 'done';
+        if ($this->requests > $this->reportedRequests) {
+            $this->reportRequests(hrtime(true), true);
+        }
+        $this->reportExit($reason, $message);
+        exit($code);
+    }
+
+    private function reportExit(string $reason, string $message): void
+    {
+        $event = ['event' => 'exit', 'reason' => $reason, 'requests' => $this->requests];
+        if ($message !== '') {
+            $event['message'] = substr($message, 0, MAX_MESSAGE_BYTES);
+        }
+        $this->status->send($event, true);
+    }
+
+    /** One clear line (plus the trace of an exception that caused it), then exit 78. */
+    public function cannotStart(string $message, ?\Throwable $e = null): never
+    {
+        $this->log('cannot start: ' . $message);
+        $cause = $e instanceof CannotStart ? $e->getPrevious() : $e;
+        if ($cause !== null) {
+            $this->log("stack trace:\n" . $cause->getTraceAsString());
+        }
+        $this->finish('bootstrap', EXIT_CANNOT_START, $message);
+    }
+
+    /**
+     * Runs at every exit. finish() has already reported a planned one; anything else is the
+     * business code calling exit() (reason done) or a PHP fatal error (reason error).
+     */
+    public function onShutdown(): void
+    {
+        if ($this->phase === 'done') {
+            return;
+        }
+        $error = error_get_last();
+        $fatal = $error !== null && ($error['type'] & (\E_ERROR | \E_PARSE | \E_CORE_ERROR
+            | \E_COMPILE_ERROR | \E_USER_ERROR | \E_RECOVERABLE_ERROR)) !== 0;
+        $where = $fatal ? "{$error['message']} in {$error['file']}:{$error['line']}" : '';
+        $phase = $this->phase;
+        if ($phase === 'loop' || $phase === 'daemon') {
+            // The request that was running counts (in a batch of tiny requests this is the
+            // count at the start of the batch plus one: a lower bound).
+            $this->requests++;
+        }
+        $this->phase = 'done';
+        if ($phase === 'startup') {
+            $message = $fatal ? "fatal error: $where" : 'exit() during bootstrap';
+            $this->log("cannot start: $message");
+            $this->reportExit('bootstrap', $message);
+            exit(EXIT_CANNOT_START); // (exit() in a shutdown function sets the exit code)
+        }
+        if ($fatal) {
+            $this->log("request {$this->requests} died of a fatal error: $where");
+        }
+        $this->reportExit($fatal ? 'error' : 'done', $fatal ? "fatal error: $where" : '');
+    }
+
+    public function log(string $message): void
+    {
+        @fwrite(\STDERR, "gsuper {$this->name}: $message\n");
+    }
+
+    public static function describe(\Throwable $e): string
+    {
+        return get_class($e) . ': ' . $e->getMessage() . ' in ' . $e->getFile() . ':' . $e->getLine();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main. Bootstrap files are loaded here, at the top level, so they run in the global scope as
+// they would at the top of an entry script (their variables become globals).
+
+try {
+    $__gsuper = new Worker(getenv());
+} catch (CannotStart $e) { // a bad status fd: nothing to report on
+    fwrite(\STDERR, 'gsuper ' . (getenv('GSUPER_PROGRAM') ?: 'php') . ': cannot start: ' . $e->getMessage() . "\n");
+    exit(EXIT_CANNOT_START);
+}
+try {
+    $__gsuper->configure(getenv());
+} catch (CannotStart $e) {
+    $__gsuper->cannotStart($e->getMessage());
+}
+$__gsuper->start();
+foreach ($__gsuper->bootstrap as $__gsuper_file) {
+    // require_once of a missing file is a fatal error, not an exception: look first.
+    if (!is_file($__gsuper_file) || !is_readable($__gsuper_file)) {
+        $__gsuper->cannotStart("bootstrap file not found or not readable: $__gsuper_file");
+    }
+    try {
+        require_once $__gsuper_file;
+    } catch (\Throwable $e) {
+        $__gsuper->cannotStart("bootstrap file $__gsuper_file failed: " . Worker::describe($e), $e);
+    }
+}
+unset($__gsuper_file, $e);
+try {
+    $__gsuper->run();
+} catch (CannotStart $e) {
+    $__gsuper->cannotStart($e->getMessage(), $e);
+}
