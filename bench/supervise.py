@@ -1,0 +1,708 @@
+#!/usr/bin/env python3
+"""gsuper vs supervisor, side by side in one run, with N PHP workers that sleep in a loop.
+
+Measured for each supervisor, against baselines measured in the same run on the same machine:
+  (a) respawn latency after `kill -9` of one worker (one at a time, --kills of them): from the
+      kill to the new worker's process existing with php exec'd, and to its PHP code running;
+      baseline: a bare `php -r ''` (spawn + exit), p50/p99;
+  (b) all N workers running after the start command, and all N back after a kill storm of the N;
+      baseline: this machine starting N `php sleeper.php` from one process until all run;
+  (c) master RSS with N workers (gsuper master vs supervisord);
+  (d) master CPU while idle over --idle seconds (from /proc/PID/stat ticks);
+  (e) graceful stop of the N workers, which exit at once on TERM (`gsuper -s stop` vs
+      `supervisorctl stop all`), until every worker has exited.
+
+A worker "runs its PHP code" when it has written its marker file (the first line of the
+sleeper script touches ready/PID). Polling is at ~1 ms.
+
+supervisor is installed from PyPI into bench/.venv-supervisor (created when absent).
+Usage: python3 bench/supervise.py [--workers N] [--kills K] [--rounds R] [--idle S] [--skip-supervisor]
+Results are printed as a table and written as JSON to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    BENCH,
+    BIN,
+    PHP,
+    PHP_BIN,
+    Sweeper,
+    children,
+    cmdline,
+    cpu_seconds,
+    exited,
+    fmt,
+    machine_info,
+    median,
+    pct,
+    print_table,
+    ratio,
+    read_pidfile,
+    rss_bytes,
+    state,
+    write_results,
+)
+
+VENV = BENCH / ".venv-supervisor"
+SETTLE_S = 1.5  # > startsecs (1 s): every worker counts as started before it is killed
+RESPAWN_TIMEOUT_S = 15.0
+BULK_TIMEOUT_S = 60.0
+
+SLEEPER = """<?php
+touch(__DIR__ . '/ready/' . getmypid());
+while (true) {
+    usleep(200000);
+}
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def now() -> float:
+    return time.perf_counter()
+
+
+def make_dir(base: Path, name: str) -> Path:
+    d = base / name
+    (d / "ready").mkdir(parents=True)
+    (d / "sleeper.php").write_text(SLEEPER)
+    return d
+
+
+def markers(d: Path) -> set[int]:
+    try:
+        return {int(x) for x in os.listdir(d / "ready")}
+    except (OSError, ValueError):
+        return set()
+
+
+# -- supervisor venv -------------------------------------------------------------------------------
+
+
+def ensure_supervisor() -> Path:
+    supervisord = VENV / "bin" / "supervisord"
+    if supervisord.exists():
+        return VENV / "bin"
+    log(f"creating {VENV} and installing supervisor from PyPI")
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=300)
+    subprocess.run(
+        [str(VENV / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", "supervisor"],
+        check=True,
+        timeout=600,
+    )
+    return VENV / "bin"
+
+
+# -- the two systems under test ---------------------------------------------------------------------
+
+
+class System:
+    name = ""
+
+    def __init__(self, d: Path, workers: int) -> None:
+        self.dir = d
+        self.workers = workers
+        self.sleeper = str(d / "sleeper.php")
+
+    def start_cmd(self) -> list[str]:
+        raise NotImplementedError
+
+    def stop_cmd(self) -> list[str]:
+        raise NotImplementedError
+
+    def master_pid(self) -> int | None:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        raise NotImplementedError
+
+    def version(self) -> str:
+        return ""
+
+    def version_cmd(self) -> list[str]:
+        raise NotImplementedError
+
+    def php_children(self, master: int) -> set[int]:
+        return {p for p in children(master) if b"sleeper.php" in cmdline(p)}
+
+
+class Gsuper(System):
+    name = "gsuper"
+
+    def __init__(self, d: Path, workers: int) -> None:
+        super().__init__(d, workers)
+        self.config = d / "gsuper.ini"
+        self.config.write_text(
+            textwrap.dedent(f"""\
+            [gsuper]
+            rundir = run
+            logdir = log
+
+            [program:sleeper]
+            command = {PHP} {self.sleeper}
+            numprocs = {workers}
+            startsecs = 1
+            autorestart = true
+            stop_timeout = 10
+            """)
+        )
+
+    def cli(self, *args: str) -> list[str]:
+        return [sys.executable, BIN, *args, "-c", str(self.config)]
+
+    def start_cmd(self) -> list[str]:
+        return self.cli("-s", "start")
+
+    def stop_cmd(self) -> list[str]:
+        return self.cli("-s", "stop")
+
+    def master_pid(self) -> int | None:
+        return read_pidfile(self.dir / "run" / "gsuper.pid")
+
+    def version_cmd(self) -> list[str]:
+        return [sys.executable, BIN, "--version"]
+
+    def version(self) -> str:
+        out = subprocess.run([sys.executable, BIN, "--version"], capture_output=True, text=True, timeout=30)
+        return out.stdout.strip()
+
+    def cleanup(self) -> None:
+        pid = self.master_pid()
+        if pid and not exited(pid):
+            subprocess.run(self.cli("-s", "exit"), capture_output=True, timeout=30)
+            deadline = time.monotonic() + 5
+            while not exited(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+
+class Supervisor(System):
+    name = "supervisor"
+
+    def __init__(self, d: Path, workers: int, venv_bin: Path) -> None:
+        super().__init__(d, workers)
+        self.bin = venv_bin
+        self.config = d / "supervisord.conf"
+        (d / "logs").mkdir()
+        self.config.write_text(
+            textwrap.dedent(f"""\
+            [unix_http_server]
+            file = {d}/supervisor.sock
+
+            [supervisord]
+            logfile = {d}/logs/supervisord.log
+            pidfile = {d}/supervisord.pid
+            childlogdir = {d}/logs
+            loglevel = info
+            nodaemon = false
+
+            [rpcinterface:supervisor]
+            supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+            [supervisorctl]
+            serverurl = unix://{d}/supervisor.sock
+
+            [program:sleeper]
+            command = {PHP} {self.sleeper}
+            numprocs = {workers}
+            process_name = %(program_name)s_%(process_num)02d
+            startsecs = 1
+            autorestart = true
+            stopsignal = TERM
+            stopwaitsecs = 10
+            redirect_stderr = true
+            stdout_logfile = {d}/logs/%(program_name)s_%(process_num)02d.log
+            """)
+        )
+
+    def start_cmd(self) -> list[str]:
+        return [str(self.bin / "supervisord"), "-c", str(self.config)]
+
+    def ctl(self, *args: str) -> list[str]:
+        return [str(self.bin / "supervisorctl"), "-c", str(self.config), *args]
+
+    def stop_cmd(self) -> list[str]:
+        return self.ctl("stop", "all")
+
+    def master_pid(self) -> int | None:
+        return read_pidfile(self.dir / "supervisord.pid")
+
+    def version_cmd(self) -> list[str]:
+        return [str(self.bin / "supervisorctl"), "--help"]
+
+    def version(self) -> str:
+        out = subprocess.run([str(self.bin / "supervisord"), "--version"], capture_output=True, text=True, timeout=30)
+        return "supervisor " + out.stdout.strip()
+
+    def cleanup(self) -> None:
+        pid = self.master_pid()
+        if pid and not exited(pid):
+            try:
+                subprocess.run(self.ctl("shutdown"), capture_output=True, timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+            deadline = time.monotonic() + 15
+            while not exited(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if not exited(pid):
+                kids = children(pid)
+                os.kill(pid, signal.SIGKILL)
+                for k in kids:
+                    try:
+                        os.kill(k, signal.SIGKILL)
+                    except OSError:
+                        pass
+
+
+# -- baselines ---------------------------------------------------------------------------------------
+
+
+def baseline_php_start(samples: int) -> list[float]:
+    times = []
+    for _ in range(samples):
+        t0 = now()
+        subprocess.run([PHP_BIN, "-r", ""], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True, timeout=30)
+        times.append(now() - t0)
+    return times
+
+
+def timed(argv: list[str]) -> float:
+    t0 = now()
+    subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    return now() - t0
+
+
+def baseline_bulk_start(d: Path, n: int) -> dict[str, float | None]:
+    """Start n `php sleeper.php` from this process until all run their PHP code; then end them."""
+    for f in os.listdir(d / "ready"):
+        os.unlink(d / "ready" / f)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        t0 = now()
+        for _ in range(n):
+            procs.append(
+                subprocess.Popen([PHP_BIN, str(d / "sleeper.php")], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, cwd=d)
+            )
+        t_spawned = now() - t0
+        pids = {p.pid for p in procs}
+        t_all = None
+        deadline = now() + BULK_TIMEOUT_S
+        while now() < deadline:
+            if len(markers(d) & pids) >= n:
+                t_all = now() - t0
+                break
+            time.sleep(0.001)
+        return {"all_running_s": t_all, "all_forked_s": t_spawned}
+    finally:
+        for p in procs:
+            try:
+                p.kill()
+            except OSError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+# -- measurements on one system ------------------------------------------------------------------------
+
+
+def measure_start(sysm: System, timeout: float) -> dict[str, Any]:
+    t0 = now()
+    cli = subprocess.Popen(
+        sysm.start_cmd(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=sysm.dir
+    )
+    t_first = t_all = t_cli = None
+    deadline = t0 + timeout
+    while now() < deadline:
+        count = len(markers(sysm.dir))
+        t = now() - t0
+        if count and t_first is None:
+            t_first = t
+        if count >= sysm.workers and t_all is None:
+            t_all = t
+        if t_cli is None and cli.poll() is not None:
+            t_cli = t
+        if t_all is not None and t_cli is not None:
+            break
+        time.sleep(0.001)
+    try:
+        out, err = cli.communicate(timeout=max(1.0, deadline - now()))
+    except subprocess.TimeoutExpired:
+        cli.kill()
+        out, err = cli.communicate()
+    if cli.returncode != 0:
+        raise RuntimeError(
+            f"{sysm.name} start exited {cli.returncode}: {err.decode(errors='replace')}{out.decode(errors='replace')}"
+        )
+    return {"all_running_s": t_all, "first_running_s": t_first, "command_returned_s": t_cli}
+
+
+def measure_respawns(sysm: System, master: int, kills: int, gap: float) -> dict[str, list[float | None]]:
+    """Kill workers one at a time; time kill -> new child forked / php exec'd / PHP code running."""
+    victims = sorted(sysm.php_children(master))[:kills]
+    forked: list[float | None] = []
+    execd: list[float | None] = []
+    running: list[float | None] = []
+    for victim in victims:
+        before = children(master)
+        t0 = now()
+        os.kill(victim, signal.SIGKILL)
+        t_fork = t_exec = t_run = None
+        deadline = t0 + RESPAWN_TIMEOUT_S
+        while now() < deadline:
+            new = children(master) - before
+            t = now() - t0
+            if new:
+                if t_fork is None:
+                    t_fork = t
+                if t_exec is None and any(b"sleeper.php" in cmdline(p) for p in new):
+                    t_exec = t
+                if t_run is None and markers(sysm.dir) & new:
+                    t_run = t
+                    t_exec = t_exec if t_exec is not None else t
+                    break
+            time.sleep(0.001)
+        forked.append(t_fork)
+        execd.append(t_exec)
+        running.append(t_run)
+        time.sleep(gap)
+    return {"forked_s": forked, "execd_s": execd, "running_s": running}
+
+
+def measure_storm(sysm: System, master: int) -> dict[str, float | None]:
+    """SIGKILL every worker at once; time until N new php processes run their PHP code."""
+    old = sysm.php_children(master)
+    n = len(old)
+    t0 = now()
+    for p in old:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+    t_exec = t_run = None
+    deadline = t0 + BULK_TIMEOUT_S
+    while now() < deadline:
+        new = children(master) - old
+        t = now() - t0
+        if t_exec is None and len(new) >= n and sum(1 for p in new if b"sleeper.php" in cmdline(p)) >= n:
+            t_exec = t
+        if len(markers(sysm.dir) & new) >= n:
+            t_run = t
+            t_exec = t_exec if t_exec is not None else t
+            break
+        time.sleep(0.001)
+    return {"all_execd_s": t_exec, "all_running_s": t_run, "killed": n}
+
+
+def measure_idle_cpu(master: int, seconds: float) -> float | None:
+    c0, t0 = cpu_seconds(master), now()
+    time.sleep(seconds)
+    c1, t1 = cpu_seconds(master), now()
+    if c0 is None or c1 is None:
+        return None
+    return 100.0 * (c1 - c0) / (t1 - t0)
+
+
+def measure_stop(sysm: System, master: int, timeout: float) -> dict[str, Any]:
+    pids = sysm.php_children(master)
+    t0 = now()
+    cli = subprocess.Popen(
+        sysm.stop_cmd(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=sysm.dir
+    )
+    t_first = t_all = t_reaped = t_cli = None
+    deadline = t0 + timeout
+    while now() < deadline:
+        t = now() - t0
+        gone = [p for p in pids if exited(p)]
+        if gone and t_first is None:
+            t_first = t
+        if len(gone) == len(pids) and t_all is None:
+            t_all = t
+        if t_reaped is None and all(state(p) is None for p in pids):
+            t_reaped = t
+        if t_cli is None and cli.poll() is not None:
+            t_cli = t
+        if t_reaped is not None and t_cli is not None:
+            break
+        time.sleep(0.001)
+    try:
+        cli.communicate(timeout=max(1.0, deadline - now()))
+    except subprocess.TimeoutExpired:
+        cli.kill()
+        cli.communicate()
+    return {
+        "workers": len(pids),
+        "all_exited_s": t_all,
+        "all_reaped_s": t_reaped,
+        "first_exited_s": t_first,
+        "command_returned_s": t_cli,
+        "command_code": cli.returncode,
+    }
+
+
+def run_system(sysm: System, args: argparse.Namespace) -> dict[str, Any]:
+    res: dict[str, Any] = {"version": sysm.version()}
+    res["cli_start_s"] = median([timed(sysm.version_cmd()) for _ in range(5)])
+    try:
+        log(f"{sysm.name}: start with {sysm.workers} workers")
+        res["start"] = measure_start(sysm, BULK_TIMEOUT_S)
+        master = sysm.master_pid()
+        if master is None:
+            raise RuntimeError(f"{sysm.name}: no master pid after start")
+        res["master_pid"] = master
+        time.sleep(SETTLE_S)
+        res["workers_running"] = len(sysm.php_children(master))
+        res["rss_bytes_settled"] = rss_bytes(master)
+        log(f"{sysm.name}: master {master}, {res['workers_running']} workers; idle CPU over {args.idle}s")
+        res["idle_cpu_percent"] = measure_idle_cpu(master, args.idle)
+        log(f"{sysm.name}: respawn after kill -9, {args.kills} kills one at a time")
+        res["respawn"] = measure_respawns(sysm, master, args.kills, args.gap)
+        res["storms"] = []
+        for r in range(args.rounds):
+            time.sleep(SETTLE_S)
+            log(f"{sysm.name}: kill storm {r + 1}/{args.rounds}")
+            res["storms"].append(measure_storm(sysm, master))
+        time.sleep(SETTLE_S)
+        res["rss_bytes"] = rss_bytes(master)
+        res["workers_before_stop"] = len(sysm.php_children(master))
+        log(f"{sysm.name}: graceful stop")
+        res["stop"] = measure_stop(sysm, master, 60)
+    except Exception as exc:  # noqa: BLE001 - report what we have; the run goes on
+        res["error"] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    finally:
+        sysm.cleanup()
+    return res
+
+
+# -- report -----------------------------------------------------------------------------------------------
+
+
+def nn(values: list[float | None]) -> list[float]:
+    return [v for v in values if v is not None]
+
+
+def summarize(base: dict[str, Any], g: dict[str, Any] | None, s: dict[str, Any] | None, n: int) -> list[list[str]]:
+    rows: list[list[str]] = []
+
+    def get(d: dict[str, Any] | None, *path: str) -> Any:
+        for key in path:
+            if d is None or not isinstance(d, dict):
+                return None
+            d = d.get(key)
+        return d
+
+    def resp(d: dict[str, Any] | None, key: str, p: float) -> float | None:
+        vals = get(d, "respawn", key)
+        return pct(nn(vals), p) if vals else None
+
+    def storm(d: dict[str, Any] | None, key: str) -> float | None:
+        vals = [x.get(key) for x in (get(d, "storms") or [])]
+        return median(nn(vals)) if vals else None
+
+    def row(metric: str, b: float | None, gv: float | None, sv: float | None, unit: str, target: str, met: bool | None) -> None:
+        rows.append(
+            [
+                metric,
+                fmt(b, unit),
+                fmt(gv, unit),
+                fmt(sv, unit),
+                ratio(gv, b),
+                ratio(gv, sv),
+                target,
+                "-" if met is None else ("yes" if met else "NO"),
+            ]
+        )
+
+    def failures(d: dict[str, Any] | None, key: str) -> str:
+        vals = get(d, "respawn", key) or []
+        missing = sum(1 for v in vals if v is None)
+        return f" ({missing} timed out)" if missing else ""
+
+    bp50, bp99 = pct(base["php_start_s"], 50), pct(base["php_start_s"], 99)
+    for key, label in (("running_s", "PHP code running"), ("execd_s", "php exec'd")):
+        g50, g99 = resp(g, key, 50), resp(g, key, 99)
+        row(f"respawn p50: kill -9 -> {label}{failures(g, key)}", bp50, g50, resp(s, key, 50), "ms", "-", None)
+        row(
+            f"respawn p99: kill -9 -> {label}",
+            bp99,
+            g99,
+            resp(s, key, 99),
+            "ms",
+            f"<= base+10ms ({fmt(None if bp99 is None else bp99 + 0.010, 'ms')})",
+            None if g99 is None or bp99 is None else g99 <= bp99 + 0.010,
+        )
+    bulk = median(nn(base["bulk"]))
+    gs, ss = get(g, "start", "all_running_s"), get(s, "start", "all_running_s")
+    row(
+        f"start -> all {n} running (from command)",
+        bulk,
+        gs,
+        ss,
+        "s",
+        "<= 1.3x base",
+        None if gs is None or bulk is None else gs <= 1.3 * bulk,
+    )
+    gf, sf = get(g, "start", "first_running_s"), get(s, "start", "first_running_s")
+    row(
+        "  of which first worker -> last worker",
+        bulk,
+        None if gs is None or gf is None else gs - gf,
+        None if ss is None or sf is None else ss - sf,
+        "s",
+        "-",
+        None,
+    )
+    row(
+        "  start command returned",
+        None,
+        get(g, "start", "command_returned_s"),
+        get(s, "start", "command_returned_s"),
+        "s",
+        "-",
+        None,
+    )
+    gst, sst = storm(g, "all_running_s"), storm(s, "all_running_s")
+    row(
+        f"kill storm of {n} -> all running (median)",
+        bulk,
+        gst,
+        sst,
+        "s",
+        "<= 1.3x base",
+        None if gst is None or bulk is None else gst <= 1.3 * bulk,
+    )
+    row(f"kill storm of {n} -> all php exec'd", None, storm(g, "all_execd_s"), storm(s, "all_execd_s"), "s", "-", None)
+    grss, srss = get(g, "rss_bytes"), get(s, "rss_bytes")
+    row(
+        f"master RSS with {n} workers",
+        None,
+        grss,
+        srss,
+        "MiB",
+        "<= supervisord",
+        None if grss is None or srss is None else grss <= srss,
+    )
+    gcpu, scpu = get(g, "idle_cpu_percent"), get(s, "idle_cpu_percent")
+    row("master idle CPU (% of a core)", None, gcpu, scpu, "%", "~0 (< 1 %)", None if gcpu is None else gcpu < 1.0)
+    gstop, sstop = get(g, "stop", "all_exited_s"), get(s, "stop", "all_exited_s")
+    row(f"graceful stop: command -> all {n} exited", None, gstop, sstop, "s", "< 0.2 s", None if gstop is None else gstop < 0.2)
+    gfirst, sfirst = get(g, "stop", "first_exited_s"), get(s, "stop", "first_exited_s")
+    row(
+        "  of which first exit -> last exit",
+        None,
+        None if gstop is None or gfirst is None else gstop - gfirst,
+        None if sstop is None or sfirst is None else sstop - sfirst,
+        "s",
+        "-",
+        None,
+    )
+    row("  stop command -> first worker exited", None, gfirst, sfirst, "s", "-", None)
+    row(
+        "  stop command returned",
+        None,
+        get(g, "stop", "command_returned_s"),
+        get(s, "stop", "command_returned_s"),
+        "s",
+        "-",
+        None,
+    )
+    row(
+        "command-line program start (--version)",
+        base.get("python_start_s"),
+        get(g, "cli_start_s"),
+        get(s, "cli_start_s"),
+        "s",
+        "-",
+        None,
+    )
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workers", type=int, default=100, help="PHP workers per supervisor (default 100)")
+    ap.add_argument("--kills", type=int, default=30, help="single kill -9 respawns to time (default 30)")
+    ap.add_argument("--rounds", type=int, default=2, help="kill storms, and baseline bulk starts (default 2)")
+    ap.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measurement (default 5)")
+    ap.add_argument("--gap", type=float, default=0.1, help="seconds between two single kills (default 0.1)")
+    ap.add_argument("--baseline-samples", type=int, default=50, help="bare php -r '' starts (default 50)")
+    ap.add_argument("--skip-supervisor", action="store_true", help="measure gsuper and the baselines only")
+    args = ap.parse_args()
+    if PHP is None:
+        print("php-cli is not installed; nothing to measure", file=sys.stderr)
+        return 1
+    n = args.workers
+    sweeper = Sweeper()
+    data: dict[str, Any] = {"benchmark": "supervise", "machine": machine_info(), "args": vars(args)}
+    venv_bin = None if args.skip_supervisor else ensure_supervisor()
+    with tempfile.TemporaryDirectory(prefix="gsuper-bench-") as tmp:
+        base_dir = Path(tmp)
+        try:
+            log(f"baseline: {args.baseline_samples} x php -r ''")
+            baseline_php_start(3)  # warm the page cache
+            base: dict[str, Any] = {"php_start_s": baseline_php_start(args.baseline_samples)}
+            base["python_start_s"] = median([timed([sys.executable, "-c", "pass"]) for _ in range(5)])
+            bd = make_dir(base_dir, "baseline")
+            base["bulk"] = []
+            base["bulk_forked"] = []
+            for r in range(args.rounds):
+                log(f"baseline: start {n} php sleepers from one process ({r + 1}/{args.rounds})")
+                out = baseline_bulk_start(bd, n)
+                base["bulk"].append(out["all_running_s"])
+                base["bulk_forked"].append(out["all_forked_s"])
+                time.sleep(0.3)
+            data["baseline"] = base
+            g = Gsuper(make_dir(base_dir, "gsuper"), n)
+            data["gsuper"] = run_system(g, args)
+            sweeper.sweep(grace=1.0)
+            if venv_bin is not None:
+                s = Supervisor(make_dir(base_dir, "supervisor"), n, venv_bin)
+                data["supervisor"] = run_system(s, args)
+                sweeper.sweep(grace=1.0)
+        finally:
+            sweeper.sweep(grace=2.0)
+
+    print()
+    print(
+        f"gsuper vs supervisor, {n} PHP workers, {os.cpu_count()} cores, load at start "
+        f"{data['machine']['loadavg_at_start'][0]:.2f}; {data['gsuper'].get('version', '')}; "
+        f"{(data.get('supervisor') or {}).get('version', 'supervisor skipped')}"
+    )
+    print(
+        f"baseline: bare `php -r ''` spawn+exit ({args.baseline_samples} runs) for respawn rows; "
+        f"{n} `php sleeper.php` started from one process until all run (median of {args.rounds}) for start/storm rows"
+    )
+    rows = summarize(data["baseline"], data.get("gsuper"), data.get("supervisor"), n)
+    data["table"] = print_table(
+        ["metric", "baseline", "gsuper", "supervisor", "gsuper/baseline", "gsuper/supervisor", "target (gsuper)", "met"], rows
+    )
+    for name in ("gsuper", "supervisor"):
+        if (data.get(name) or {}).get("error"):
+            print(f"{name}: ERROR during measurement: {data[name]['error']}")
+    print(f"(p99 of {args.kills} samples is close to their maximum)")
+    write_results("supervise", data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
