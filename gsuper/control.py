@@ -16,10 +16,6 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-import gevent
-import gevent.socket
-from gevent.server import StreamServer
-
 log = logging.getLogger("gsuper")
 
 MAX_REQUEST_BYTES = 1 << 20
@@ -40,6 +36,8 @@ def _peer_uid(sock: socket.socket) -> int:
 
 def _read_line(sock: Any) -> bytes | None:
     """One request line, or None when it is too big, half-written or never finished."""
+    import gevent
+
     buf = b""
     with gevent.Timeout(READ_TIMEOUT_S, False):
         while b"\n" not in buf:
@@ -59,10 +57,14 @@ class ControlServer:
     def __init__(self, path: str, dispatch: Dispatch) -> None:
         self.path = path
         self.dispatch = dispatch
-        self._server: StreamServer | None = None
+        self._server: Any = None
 
     def start(self) -> None:
         """Bind the socket with mode 0600 (replacing a stale one) and start serving."""
+        # gevent is imported here, in the master only: the CLI side starts faster without it.
+        import gevent.socket
+        from gevent.server import StreamServer
+
         if os.path.exists(self.path):
             os.unlink(self.path)
         listener = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -89,7 +89,8 @@ def test_exactly_once_through_recycles_stop_start_rolling_and_reload(gs, redis_s
     with capsys.disabled():
         print(
             f"\nexactly-once: {len(ids)} jobs pushed, {len(finished)} done, {len(set(finished))} distinct; "
-            f"recycles: {recycles[0]} by max_request, {recycles[1]} by memory_limit; stop/start, rolling restart and reload applied"
+            f"recycles: {recycles[0]} by max_request, {recycles[1]} by memory_limit; "
+            "stop/start, rolling restart and reload applied"
         )
     assert len(finished) == len(ids) and set(finished) == set(ids), "a job was lost or done twice"
     assert recycles[0] >= 3 and recycles[1] >= 3
