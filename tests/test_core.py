@@ -296,7 +296,12 @@ def test_noisy_worker_never_blocks_the_master(gs):
     """)
     gs.start()
     pid = gs.wait_workers("sleeper")[0]["pid"]
-    wait_for(lambda: (gs.root / "log" / "noisy.log.2").exists(), 20, what="two rotations")
+    master = psutil.Process(gs.master_pid())
+    wait_for(lambda: (gs.root / "log" / "noisy.log.1").exists(), 20, what="a first rotation")
+    rss_before = master.memory_info().rss
+    wait_for(lambda: (gs.root / "log" / "noisy.log.2").exists(), 20, what="a second rotation")
+    wait_for(lambda: gs.root.joinpath("log", "noisy.log").stat().st_size > 512 * 1024, 20, what="more output")
+    assert master.memory_info().rss - rss_before < 8 * 1024 * 1024, "the master grows with a worker's output"
     os.kill(pid, signal.SIGKILL)
     started = time.monotonic()
     wait_for(lambda: gs.workers("sleeper")[0]["pid"] not in (None, pid), what="respawn beside a noisy worker")
