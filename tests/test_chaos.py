@@ -250,3 +250,21 @@ def test_config_of_another_running_master(gs, tmp_path):
         [sys.executable, BIN, "-s", "start", "-c", str(gs.config)], capture_output=True, text=True, cwd=tmp_path
     )
     assert other.returncode == 1 and "already running" in other.stderr
+
+
+def test_second_term_to_the_master_escalates_to_a_forced_exit(gs):
+    gs.file("stubborn.sh", "trap '' TERM\nwhile true; do sleep 0.2; done\n")
+    gs.write("""
+    [program:stubborn]
+    command = sh stubborn.sh
+    numprocs = 2
+    stop_timeout = 60
+    """)
+    gs.start()
+    pids = [w["pid"] for w in gs.wait_workers("stubborn")]
+    master = gs.master_pid()
+    os.kill(master, signal.SIGTERM)  # graceful: the workers ignore it and would get 60 s
+    wait_for(lambda: {w["state"] for w in gs.workers()} == {"STOPPING"}, what="stopping")
+    os.kill(master, signal.SIGTERM)  # the second one: SIGKILL to every group now
+    wait_for(lambda: not gs.running() and not any(alive(p) for p in pids), 10, what="a forced exit")
+    assert "forced exit" in gs.log()
