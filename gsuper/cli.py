@@ -359,6 +359,8 @@ def cmd_reload(args: dict[str, Any]) -> int:
     reply = _ask(cfg, {"cmd": "reload"}, None)
     for line in reply["changes"]:
         print(line)
+    if reply.get("errors"):
+        raise Fail(f"the reload could not apply every change: {'; '.join(reply['errors'])}")
     return 0
 
 
@@ -368,6 +370,8 @@ def cmd_scale(args: dict[str, Any]) -> int:
     name, sep, count = args["NAME=N"].partition("=")
     if not sep or not count.strip().isdigit():
         raise Fail(f"scale takes NAME=N, like member_1=4 (got {args['NAME=N']!r})", 2)
+    if int(count) > 1000:
+        raise Fail(f"scale {name}: the worker count must be a whole number from 0 to 1000 (got {count.strip()})", 2)
     if name not in cfg.programs:
         raise Fail(f"{cfg.path}: no program named {name!r}", 2)
     _running(cfg)
@@ -445,12 +449,9 @@ def cmd_tail(args: dict[str, Any]) -> int:
 
     if not os.path.exists(path) and not args["--follow"]:
         raise Fail(f"no log yet at {path}")
-    sys.stdout.buffer.write(last_lines(path, lines))
-    sys.stdout.flush()
-    if args["--follow"]:
-        for chunk in follow(path):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
+    for chunk in follow(path, lines) if args["--follow"] else [last_lines(path, lines)]:
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.flush()
     return 0
 
 

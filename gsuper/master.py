@@ -332,6 +332,8 @@ class Master:
         """Rolling restart of the selected programs (the plain restart is stop then start)."""
         if not request.get("rolling"):
             return {"ok": False, "error": "only the rolling restart is done by the master"}
+        if self._shutting_down:
+            return {"ok": False, "error": "the master is stopping"}
         if self._busy:
             return {"ok": False, "error": "a reload or rolling restart is already in progress"}
         self._busy = True
@@ -348,6 +350,8 @@ class Master:
     def cmd_scale(self, request: dict[str, Any], _names: list[str]) -> dict[str, Any]:
         """Set one program's worker count now."""
         name, numprocs = request.get("program"), request.get("numprocs")
+        if self._shutting_down:
+            return {"ok": False, "error": "the master is stopping"}
         if name not in self.programs:
             return {"ok": False, "error": f"no program named {name!r}"}
         if not isinstance(numprocs, int) or not 0 <= numprocs <= 1000:
@@ -367,18 +371,21 @@ class Master:
         try:
             new = config.load(self.config.path)
         except config.ConfigError as exc:
-            return {"ok": False, "error": str(exc)}
+            return {"ok": False, "error": str(exc), "config_error": True}
         if self._busy or self._shutting_down:
             return {"ok": False, "error": "a reload, rolling restart or stop is already in progress"}
         self._busy = True
         try:
-            return {"ok": True, "changes": self._apply(new)}
+            changes, errors = self._apply(new)
+            return {"ok": True, "changes": changes, "errors": errors}
         finally:
             self._busy = False
 
-    def _apply(self, new: config.GsuperConfig) -> list[str]:
+    def _apply(self, new: config.GsuperConfig) -> tuple[list[str], list[str]]:
+        """Returns the changes made, and the errors of those that could not be made."""
         old = self.config
         changes: list[str] = []
+        errors: list[str] = []
         if (new.rundir, new.logdir) != (old.rundir, old.logdir):
             changes.append("rundir and logdir changes take effect at the next start")
         logging.getLogger("gsuper").setLevel(new.loglevel.upper())
@@ -401,12 +408,10 @@ class Master:
                 if running:
                     program.adopt(pcfg)
                 else:
-                    program.config = pcfg
+                    program.reconfigure(pcfg)
                 changes.append(f"scaled {name}: {before} -> {pcfg.numprocs} workers")
             elif not running:
-                program.config = pcfg
-                for w in program.workers:
-                    w.program = pcfg
+                program.reconfigure(pcfg)
                 changes.append(f"changed {name}: new settings (not running)")
             else:
                 try:
@@ -414,6 +419,7 @@ class Master:
                     changes.append(f"changed {name}: {n} workers replaced one at a time")
                 except RollingError as exc:
                     changes.append(f"changed {name}: rolling restart stopped: {exc}")
+                    errors.append(f"{name}: {exc}")
         added = [n for n in new.programs if n not in self.programs]
         for name in added:
             self.programs[name] = self._make_program(new.programs[name])
@@ -421,7 +427,7 @@ class Master:
         changes.extend(f"added {n}: {new.programs[n].numprocs} workers started" for n in added)
         for line in changes:
             log.info("reload: %s", line)
-        return changes
+        return changes, errors
 
     @staticmethod
     def _remove(path: str) -> None:

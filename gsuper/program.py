@@ -98,6 +98,13 @@ class Program:
             self.scale(config.numprocs)
         return replaced
 
+    def reconfigure(self, config: ProgramConfig) -> None:
+        """Take a new config while no worker runs: the next start follows it (numprocs too)."""
+        self.config = config
+        self.workers = [w for w in self.workers if w.index < config.numprocs]
+        for w in self.workers:
+            w.program = config
+
     def adopt(self, config: ProgramConfig) -> None:
         """Take a new config that differs only in numprocs: scale, leave every other worker alone."""
         for w in self.workers:

@@ -38,6 +38,7 @@ MIN_UPTIME_S = 1.0
 STATUS_LINE_MAX = 65536
 CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGFPE, signal.SIGILL}
 PR_SET_PDEATHSIG = 1
+REPORTING_RUNNERS = ("php", "python")  # they report ready after their bootstrap
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -86,7 +87,7 @@ class Worker:
         self.last_exit: dict[str, Any] | None = None
         self.last_error: str | None = None
         self.stop_deadline: float | None = None
-        self.up = gevent.event.Event()  # set when ready is reported or startsecs have passed
+        self.up = gevent.event.Event()  # set at the ready report (php, python) or when startsecs have passed
         self.spawned = gevent.event.Event()  # set after each spawn attempt
         self.at_rest = gevent.event.Event()  # set while no run loop is going
         self.at_rest.set()
@@ -208,13 +209,10 @@ class Worker:
         startsecs = self.program.startsecs_s
         try:
             proc.wait(timeout=startsecs) if startsecs > 0 else None
-            if proc.returncode is None and self.state is S.STARTING:
-                self._transition(S.RUNNING)
-                self.up.set()
+            if proc.returncode is None:
+                self._startsecs_passed()
         except TimeoutExpired:
-            if self.state is S.STARTING:
-                self._transition(S.RUNNING)
-                self.up.set()
+            self._startsecs_passed()
         code = proc.wait()
         # The runner's last report (its exit reason) is already in the pipe: let the reader take it.
         if self._status_reader is not None:
@@ -326,6 +324,13 @@ class Worker:
         self.restarts += 1
         return True
 
+    def _startsecs_passed(self) -> None:
+        if self.state is S.STARTING:
+            self._transition(S.RUNNING)
+            # A runner that reports is up at its ready report (after its bootstrap), not before.
+            if self.program.runner not in REPORTING_RUNNERS:
+                self.up.set()
+
     def _respawn_if_wanted(self) -> bool:
         if not self._wanted:
             self._transition(S.STOPPED)
@@ -397,6 +402,8 @@ class Worker:
                 self.requests = event["requests"]
         elif kind == "ready":
             self.up.set()
+            if self.state is S.STARTING:  # serving already: RUNNING without waiting for startsecs
+                self._transition(S.RUNNING)
         elif kind == "error":
             self.last_error = str(event.get("message", ""))[:500]
         elif kind == "exit":

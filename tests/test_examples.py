@@ -3,10 +3,12 @@
 import shutil
 
 import pytest
-
 from conftest import PHP, ROOT, free_port, wait_for
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.skipif(PHP is None or not shutil.which("redis-server"), reason="needs php and redis")]
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(PHP is None or not shutil.which("redis-server"), reason="needs php and redis"),
+]
 
 
 def test_the_example_config_runs_every_demo(gs):
