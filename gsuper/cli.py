@@ -281,11 +281,12 @@ class _Progress:
                 for w in left[:6]
             ]
             more = f" +{len(left) - 6} more" if len(left) > 6 else ""
-            sys.stdout.write(f"\r\033[Kstopping: {len(left)} workers left: {', '.join(parts)}{more}")
+            plural = "s" if len(left) != 1 else ""
+            sys.stdout.write(f"\r\033[Kstopping: {len(left)} worker{plural} left: {', '.join(parts)}{more}")
             sys.stdout.flush()
             self.last = "tty"
             return
-        line = f"stopping: {len(left)} workers left"
+        line = f"stopping: {len(left)} worker{'s' if len(left) != 1 else ''} left"
         if line != self.last:
             print(line, flush=True)
             self.last = line

@@ -106,6 +106,8 @@ class Master:
                 self.programs[name] = self._make_program(pcfg)
             self._start_programs(selected)
             notify({"ok": True, "pid": os.getpid(), "programs": {n: self.config.programs[n].numprocs for n in selected}})
+            # Hand back to the system what start-up (imports, the CLI's part) left free on the heap.
+            ctypes.CDLL(None).malloc_trim(0)
             self._done.wait()
             return 0
         except Exception as exc:

@@ -285,10 +285,10 @@ class Worker:
             # A recycle or one finished run of a loop-mode command: respawn at once, no failure.
             self._transition(S.EXITED)
             self._failures = 0
-            if loop_run:
+            if loop_run:  # the next run is the next request, not a restart
                 self.requests += 1
                 self._wake.wait(program.usleep_us / 1e6)
-            return self._respawn_if_wanted()
+            return self._respawn_if_wanted(counted=not loop_run)
         expected = code in program.exitcodes
         restart = program.autorestart == "true" or (program.autorestart == "unexpected" and not expected)
         if uptime >= max(program.startsecs_s, MIN_UPTIME_S):
@@ -331,11 +331,11 @@ class Worker:
             if self.program.runner not in REPORTING_RUNNERS:
                 self.up.set()
 
-    def _respawn_if_wanted(self) -> bool:
+    def _respawn_if_wanted(self, counted: bool = True) -> bool:
         if not self._wanted:
             self._transition(S.STOPPED)
             return False
-        self.restarts += 1
+        self.restarts += counted
         return True
 
     def _classify(self, code: int | None) -> str:

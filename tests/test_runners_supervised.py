@@ -218,6 +218,7 @@ def test_exec_loop_mode_counts_each_run_as_a_request(gs):
     wait_for(lambda: gs.workers("cron")[0]["requests"] >= 10, 20, what="ten runs")
     row = gs.workers("cron")[0]
     assert row["state"] != "FATAL" and row["last_exit"] == {"reason": "exited", "code": 0}
+    assert row["restarts"] == 0  # each run is a request, not a restart
     gs.run("-s", "stop", check=True)
     assert len(lines(gs.root / "runs.txt")) >= 10
 
