@@ -130,12 +130,7 @@ class Worker:
             self._stopping = True
             self.stop_deadline = time.monotonic() + timeout
             self._transition(S.STOPPING)
-            self._signal(self.program.stopsignal)
-            try:
-                proc.wait(timeout=timeout)
-            except TimeoutExpired:
-                log.warning("%s (pid %s) did not stop within %.1fs: SIGKILL to its group", self.name, proc.pid, timeout)
-                self._signal(signal.SIGKILL)
+            self._terminate(proc, timeout)
         self.at_rest.wait()
         if self.state in (S.EXITED, S.FATAL):
             self._transition(S.STOPPED)
@@ -352,11 +347,12 @@ class Worker:
     # -- helpers ------------------------------------------------------------------------------
 
     def _terminate(self, proc: Popen, timeout: float) -> None:
+        """stopsignal to the group; SIGKILL to the group if the process is still there after timeout."""
         self._signal(self.program.stopsignal)
         try:
             proc.wait(timeout=timeout)
         except TimeoutExpired:
-            log.warning("%s (pid %s) did not exit within %.1fs: SIGKILL to its group", self.name, proc.pid, timeout)
+            log.warning("%s (pid %s) did not stop within %.1fs: SIGKILL to its group", self.name, proc.pid, timeout)
             self._signal(signal.SIGKILL)
 
     def _signal(self, sig: int) -> None:

@@ -69,7 +69,7 @@ BIN = str(ROOT / "bin" / "gsuper")
 PHP = shutil.which("php")
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.02) -> Any:
     """Poll `condition` until it returns something truthy; fail the test at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -135,7 +135,7 @@ class Gsuper:
             want = len(rows) if count is None else count
             return match if rows and len(match) == want else None
 
-        return wait_for(ready, timeout, 0.05, f"{program} workers {state}")  # type: ignore[no-any-return]
+        return wait_for(ready, timeout, f"{program} workers {state}", 0.05)  # type: ignore[no-any-return]
 
     def log(self, name: str = "gsuper") -> str:
         """The text of a log file (the master's by default)."""

@@ -47,7 +47,7 @@ def test_kill_storms(gs):
             up = all(w["pid"] and w["pid"] not in pids and w["state"] == "RUNNING" and w["uptime_s"] >= 1.0 for w in now)
             return now if up else None
 
-        rows = wait_for(back, 30, 0.01, "all ten slots back")
+        rows = wait_for(back, 30, "all ten slots back", 0.01)
     assert [w["restarts"] for w in rows] == [20] * 10
     assert {w["last_exit"]["reason"] for w in rows} == {"killed"}
     assert not zombies_of(gs.master_pid())

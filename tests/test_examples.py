@@ -24,7 +24,7 @@ def test_the_example_config_runs_every_demo(gs):
         served = {w["program"] for w in rows if w["requests"] > 0}
         return {"php_redis", "php_spool", "py_consumer", "produce_redis", "produce_spool", "produce_py"} <= served
 
-    wait_for(busy, 60, 0.2, "every consumer and producer serving requests")
+    wait_for(busy, 60, "every consumer and producer serving requests", 0.2)
     wait_for(lambda: "heartbeat 1" in gs.log("heartbeat"), 30, what="a heartbeat")
     assert (gs.root / "examples/php_spool/spool/done.log").read_text().strip()
     assert (gs.root / "examples/python_consumer/done.txt").read_text().strip()

@@ -81,7 +81,7 @@ def test_exactly_once_through_recycles_stop_start_rolling_and_reload(gs, redis_s
     gs.write(config(client.port, env=", DEPLOY=2"))
     reload = gs.run("-s", "reload", check=True)
     assert "changed counted: 2 workers replaced one at a time" in reload.stdout
-    wait_for(lambda: done() >= 10_000 and drained(client), 120, 0.1, "every job done")
+    wait_for(lambda: done() >= 10_000 and drained(client), 120, "every job done", 0.1)
 
     finished = client.lrange("rel:done", 0, -1)
     log = gs.log()
@@ -119,7 +119,7 @@ def test_at_least_once_through_sigkills_of_workers_and_master(gs, redis_server, 
             gs.start()  # takes over the stale pid file
             kills += 1
         time.sleep(0.05)
-    wait_for(lambda: client.llen("rel:done") >= len(ids) and drained(client), 120, 0.1, "every job done")
+    wait_for(lambda: client.llen("rel:done") >= len(ids) and drained(client), 120, "every job done", 0.1)
 
     finished = client.lrange("rel:done", 0, -1)
     twice = len(finished) - len(set(finished))

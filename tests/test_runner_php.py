@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 import pytest
+from conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "runners" / "php" / "worker.php"
@@ -33,18 +34,6 @@ PHP = shutil.which("php")
 pytestmark = pytest.mark.skipif(PHP is None, reason="the php CLI is not installed")
 
 Event = dict[str, Any]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `condition` until it returns something true; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def log_lines(path: Path) -> list[str]:

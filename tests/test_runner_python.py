@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 import pytest
+from conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PY_RUNNER = ROOT / "runners" / "python" / "worker.py"
@@ -31,16 +32,7 @@ HELPERS = Path(__file__).resolve().parent / "py_helpers"
 EXAMPLES = ROOT / "examples"
 
 
-def poll(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Return condition()'s first truthy value; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
+poll = wait_for
 
 
 class Worker:
