@@ -125,8 +125,26 @@ def _load(args: dict[str, Any]) -> config.GsuperConfig:
     return config.load(args["--config"])
 
 
+def _load_for_running(args: dict[str, Any]) -> config.GsuperConfig:
+    """The configuration, or, when it no longer validates but its master runs, just its paths.
+
+    A typo saved into the file must not keep anyone from stopping or inspecting the master that
+    runs the previous version; the master checks program and group names itself.
+    """
+    try:
+        return _load(args)
+    except config.ConfigError as exc:
+        cfg = config.load_paths_only(args["--config"])
+        if not daemon.running_pid(cfg.pidfile):
+            raise
+        print(f"gsuper: warning: {exc}; acting on the running master anyway", file=sys.stderr)
+        return cfg
+
+
 def _selection(args: dict[str, Any], cfg: config.GsuperConfig) -> tuple[list[str], list[str], list[str]]:
     programs, groups = list(args["--program"] or []), list(args["--group"] or [])
+    if not cfg.programs:  # only the paths are known (see _load_for_running): the master checks
+        return programs, groups, programs
     return programs, groups, cfg.select(programs, groups)
 
 
@@ -229,7 +247,7 @@ def _start_daemon(cfg: config.GsuperConfig, only: list[str] | None, master_cls: 
 
 def cmd_stop(args: dict[str, Any]) -> int:
     """Graceful stop, waiting with progress until the workers (and master) are gone."""
-    cfg = _load(args)
+    cfg = _load_for_running(args)
     programs, groups, names = _selection(args, cfg)
     _running(cfg)
     timeout_s = config.parse_duration(args["--timeout"]) if args["--timeout"] else None
@@ -240,12 +258,13 @@ def cmd_stop(args: dict[str, Any]) -> int:
 def _stop(cfg: config.GsuperConfig, programs: list[str], groups: list[str], names: list[str], timeout_s: float | None) -> None:
     whole = not programs and not groups
     _ask(cfg, {"cmd": "stop", "programs": programs, "groups": groups, "timeout": timeout_s})
-    longest = timeout_s if timeout_s is not None else max((p.stop_timeout_s for p in cfg.programs.values()), default=10)
+    # With only the paths known (a broken file), the master's own stop_timeout is unknown here.
+    longest = timeout_s if timeout_s is not None else max((p.stop_timeout_s for p in cfg.programs.values()), default=600)
     deadline = time.monotonic() + longest + 15
     progress = _Progress()
     while True:
         try:
-            status = control.request(cfg.sockfile, {"cmd": "status", "programs": [] if whole else names}, 5)["status"]
+            status = control.request(cfg.sockfile, {"cmd": "status", "programs": programs, "groups": groups}, 5)["status"]
         except control.ControlError:
             status = None
         if status is None:
@@ -299,7 +318,7 @@ class _Progress:
 
 def cmd_exit(args: dict[str, Any]) -> int:
     """SIGKILL every worker's process group and the master at once."""
-    cfg = _load(args)
+    cfg = _load_for_running(args)
     pid = _running(cfg)
     groups: set[int] = set()
     try:
@@ -383,7 +402,7 @@ def cmd_scale(args: dict[str, Any]) -> int:
 
 def cmd_status(args: dict[str, Any]) -> int:
     """One row per worker, or the JSON document."""
-    cfg = _load(args)
+    cfg = _load_for_running(args)
     programs, groups, _names = _selection(args, cfg)
     _running(cfg)
     status = _ask(cfg, {"cmd": "status", "programs": programs, "groups": groups})["status"]

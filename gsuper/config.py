@@ -430,6 +430,28 @@ def load(path: str) -> GsuperConfig:
     return _build(path, raw)
 
 
+def load_paths_only(path: str) -> GsuperConfig:
+    """Only rundir and logdir, read leniently from a file that does not validate.
+
+    So that `stop`, `exit` and `status` still reach a running master after its file was broken
+    by an edit. Raises ConfigError only when the file cannot be read at all.
+    """
+    path = os.path.abspath(path)
+    lines = _read_lines(path)
+    base = os.path.dirname(path)
+    try:
+        section = ConfigObj(lines, list_values=False, interpolation=False).get("gsuper", {})
+    except ConfigObjError:
+        section = {}
+
+    def folder(key: str, default: str) -> str:
+        value = section.get(key) if isinstance(section, dict) else None
+        text = unquote(value) if isinstance(value, str) and value.strip() else default
+        return os.path.normpath(os.path.join(base, os.path.expanduser(text)))
+
+    return GsuperConfig(path, folder("rundir", "run"), folder("logdir", "log"), "info", 0, 0, 1.0)
+
+
 def _describe(error: Exception) -> str:
     text = str(error)
     if isinstance(error, _CheckError):

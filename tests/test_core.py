@@ -382,3 +382,19 @@ def test_foreground_master(gs):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_broken_file_does_not_lock_out_its_running_master(gs):
+    gs.write(SLEEPER.replace("numprocs = 3", "numprocs = 1"))
+    gs.start()
+    pid = gs.wait_workers("sleeper")[0]["pid"]
+    gs.write(SLEEPER.replace("numprocs = 3", "numprocs = lots"))  # an edit with a typo, saved
+    status = gs.run("-s", "status", check=True)
+    assert "sleeper" in status.stdout and "acting on the running master anyway" in status.stderr
+    assert "[program:sleeper] numprocs" in status.stderr
+    refused = gs.run("-s", "reload")
+    assert refused.returncode == 2 and gs.workers("sleeper")[0]["pid"] == pid
+    gs.run("-s", "stop", check=True)
+    assert not gs.running() and not alive(pid)
+    again = gs.run("-s", "status")  # no master now: the config error is the answer
+    assert again.returncode == 2 and "numprocs" in again.stderr
