@@ -51,10 +51,6 @@ class Program:
         for w in self.workers:
             w.kill()
 
-    def live_workers(self) -> int:
-        """Slots that still have a process."""
-        return sum(1 for w in self.workers if w.proc is not None)
-
     def scale(self, numprocs: int) -> None:
         """Set the number of slots now: new ones start, the highest-indexed ones stop gracefully."""
         if numprocs < 0:

@@ -42,8 +42,6 @@ TRANSITIONS: dict[ProcessState, frozenset[ProcessState]] = {
 RUNNING_STATES = frozenset({S.STARTING, S.RUNNING, S.STOPPING})
 #: States in which a stop signal can be sent to the process.
 SIGNALLABLE_STATES = frozenset({S.STARTING, S.RUNNING})
-#: States in which the slot is at rest with no process and nothing scheduled.
-STOPPED_STATES = frozenset({S.STOPPED, S.EXITED, S.FATAL})
 
 
 class TransitionError(RuntimeError):

@@ -153,10 +153,6 @@ class Worker:
         log.info("%s (pid %s): recycling (%s)", self.name, proc.pid, reason)
         gevent.spawn(self._terminate, proc, self.program.stop_timeout_s)
 
-    def kill_process(self) -> None:
-        """SIGKILL the live process only (tests and chaos); the policy then restarts it."""
-        self._signal(signal.SIGKILL)
-
     def snapshot(self) -> dict[str, Any]:
         """The worker's row in `status --json`."""
         alive = self.state in RUNNING_STATES and self.pid is not None
