@@ -9,9 +9,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=["gsuper", "gsuper.runners"],
-    package_dir={"gsuper": "gsuper", "gsuper.runners": "runners"},
-    package_data={"gsuper.runners": ["php/*.php", "python/*.py", "shell/*.sh"]},
+    # runners/ ships inside the package as gsuper/runner_files (gsuper.runners is the module
+    # that builds the command lines; a package of the same name would shadow it).
+    packages=["gsuper", "gsuper.runner_files"],
+    package_dir={"gsuper": "gsuper", "gsuper.runner_files": "runners"},
+    package_data={"gsuper.runner_files": ["php/*.php", "python/*.py", "shell/*.sh"]},
     install_requires=[
         "gevent>=23.9",
         "psutil>=5.9",
@@ -20,7 +22,8 @@ setup(
         "setproctitle>=1.3",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "redis>=4"],
+        # setuptools and wheel: tests/test_packaging.py builds the package without a network.
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "redis>=4", "setuptools>=61", "wheel"],
         "dev": ["ruff>=0.5", "mypy>=1.8", "types-psutil"],
     },
     entry_points={"console_scripts": ["gsuper = gsuper.cli:main"]},

@@ -1,7 +1,7 @@
 """Command templates: from a program's settings to the argv and environment of one worker.
 
 The php, python and shell runners are files under ``runners/`` (installed inside the package as
-``gsuper/runners``); they read their settings from ``GSUPER_*`` variables (docs/runners.md).
+``gsuper/runner_files``); they read their settings from ``GSUPER_*`` variables (docs/runners.md).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ _RUNNER_FILES = {"php": "php/worker.php", "python": "python/worker.py", "shell":
 
 def runners_dir() -> str:
     """The folder of the runner files: inside the installed package, or the checkout's runners/."""
-    installed = os.path.join(_HERE, "runners")
+    installed = os.path.join(_HERE, "runner_files")
     if os.path.isdir(installed):
         return installed
     return os.path.join(os.path.dirname(_HERE), "runners")
