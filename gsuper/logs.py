@@ -1,8 +1,8 @@
 """Log files: size rotation, reopen on SIGUSR1, and capture of worker output.
 
 One :class:`LogFile` serves both the master log (through :class:`LogFileHandler`) and each
-program's ``NAME.log``. Worker output is drained by one greenlet per worker
-(:func:`drain_output`), so a worker that prints a lot never blocks and never stalls the master.
+program's ``NAME.log``. Worker output is drained by a :class:`PipeReader` (a libev io watcher,
+no greenlet), so a worker that prints a lot never blocks and never stalls the master.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import gevent
-import gevent.os
+import gevent.event
 
 CHUNK = 65536
 
@@ -130,38 +131,75 @@ def timestamp() -> bytes:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)).encode() + b".%03d" % int(now % 1 * 1000)
 
 
-def drain_output(fd: int, index: int, logfile: LogFile) -> None:
-    """Copy a worker's output pipe into its program's log until EOF, each line prefixed.
+class PipeReader:
+    """Calls `on_lines(data)` with the complete lines read from a non-blocking pipe, until EOF.
 
-    Runs in its own greenlet. Lines arriving in one read share one timestamp: prefixing with one
-    C-level replace keeps the cost flat however much a worker prints.
+    No greenlet: a libev io watcher calls back in the hub each time the pipe is readable, and
+    each callback reads one chunk, so a worker that never stops writing gets its turn like every
+    other pipe and never starves the master. A line longer than `max_line` without a newline
+    is passed on as it is. At EOF the rest (a last line without a newline) is passed on, the fd
+    is closed and `eof` is set.
+    """
+
+    def __init__(self, fd: int, on_lines: Callable[[bytes], None], max_line: int = CHUNK) -> None:
+        self.fd = fd
+        self.on_lines = on_lines
+        self.max_line = max_line
+        self.eof = gevent.event.Event()
+        self._partial = b""
+        self._watcher = gevent.get_hub().loop.io(fd, 1)  # 1: readable
+        self._watcher.start(self._readable)
+
+    def _readable(self) -> None:
+        try:
+            chunk = os.read(self.fd, CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.close()
+            return
+        data = self._partial + chunk
+        cut = data.rfind(b"\n") + 1
+        self._partial = data[cut:]
+        if len(self._partial) > self.max_line:
+            cut, self._partial = len(data), b""
+        if cut:
+            self._deliver(data[:cut])
+
+    def _deliver(self, data: bytes) -> None:
+        try:
+            self.on_lines(data)
+        except Exception:  # noqa: BLE001 - a callback's bug must not kill the hub
+            logging.getLogger("gsuper").exception("reading a worker's pipe")
+
+    def close(self) -> None:
+        """Stop watching, pass on what is left, close the fd, set `eof`."""
+        if self.eof.is_set():
+            return
+        self._watcher.stop()
+        self._watcher.close()
+        if self._partial:
+            self._deliver(self._partial + b"\n")
+            self._partial = b""
+        os.close(self.fd)
+        self.eof.set()
+
+
+def output_to_log(index: int, logfile: LogFile) -> Callable[[bytes], None]:
+    """A PipeReader callback writing a worker's lines to its program's log, each prefixed.
+
+    Lines arriving in one read share one timestamp: prefixing with one C-level replace keeps the
+    cost flat however much a worker prints.
     """
     tag = b" [%d] " % index
-    partial = b""
-    try:
-        while True:
-            try:
-                chunk = gevent.os.nb_read(fd, CHUNK)
-            except OSError:
-                break
-            if not chunk:
-                break
-            data = partial + chunk
-            cut = data.rfind(b"\n") + 1
-            partial = data[cut:]
-            if len(partial) > CHUNK:  # a very long line without a newline: write it as it is
-                cut, partial = len(data), b""
-            if cut:
-                prefix = timestamp() + tag
-                body = data[:cut]
-                logfile.write(prefix + body[:-1].replace(b"\n", b"\n" + prefix) + b"\n")
-            # nb_read returns at once while the pipe has data: yield, or a worker that never stops
-            # printing would starve every other greenlet of the master.
-            gevent.sleep(0)
-        if partial:
-            logfile.write(timestamp() + tag + partial + b"\n")
-    finally:
-        os.close(fd)
+
+    def write(data: bytes) -> None:
+        prefix = timestamp() + tag
+        logfile.write(prefix + data[:-1].replace(b"\n", b"\n" + prefix) + b"\n")
+
+    return write
 
 
 def setup_master_logging(logfile: LogFile | None, level: str, to_stderr: bool) -> logging.Logger:

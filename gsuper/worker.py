@@ -21,12 +21,11 @@ from typing import Any
 
 import gevent
 import gevent.event
-import gevent.os
 from gevent.subprocess import DEVNULL, Popen, TimeoutExpired
 
 from gsuper import runners
 from gsuper.config import ProgramConfig
-from gsuper.logs import LogFile, drain_output
+from gsuper.logs import LogFile, PipeReader, output_to_log
 from gsuper.states import RUNNING_STATES, SIGNALLABLE_STATES, ProcessState, check_transition
 
 S = ProcessState
@@ -98,7 +97,8 @@ class Worker:
         self._reported_exit: str | None = None
         self._failures = 0
         self._loop: gevent.Greenlet | None = None
-        self._status_reader: gevent.Greenlet | None = None
+        self._status_reader: PipeReader | None = None
+        self._output_reader: PipeReader | None = None
 
     # -- public operations ------------------------------------------------------------------
 
@@ -207,7 +207,7 @@ class Worker:
         code = proc.wait()
         # The runner's last report (its exit reason) is already in the pipe: let the reader take it.
         if self._status_reader is not None:
-            self._status_reader.join(timeout=0.2)
+            self._status_reader.eof.wait(timeout=0.2)
         # Orphans of the worker left in its group go with it.
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -253,8 +253,8 @@ class Worker:
         if program.runner != "exec" or program.mode != "loop":
             self.requests = 0
         self.rss_bytes = None
-        gevent.spawn(drain_output, out_r, self.index, self.logfile)
-        self._status_reader = gevent.spawn(self._read_status, status_r)
+        self._output_reader = PipeReader(out_r, output_to_log(self.index, self.logfile))
+        self._status_reader = PipeReader(status_r, self._on_reports, STATUS_LINE_MAX)
         log.debug("%s: spawned pid %d", self.name, proc.pid)
         self._notify()
         return proc
@@ -361,26 +361,10 @@ class Worker:
             if exc.errno != errno.ESRCH:
                 log.warning("%s: cannot signal group %s: %s", self.name, proc.pid, exc.strerror)
 
-    def _read_status(self, fd: int) -> None:
-        """Read the runner's JSON-line reports until EOF."""
-        buf = b""
-        try:
-            while True:
-                try:
-                    chunk = gevent.os.nb_read(fd, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                if len(buf) > STATUS_LINE_MAX:
-                    buf = b""
-                for line in lines:
-                    self._on_report(line)
-                gevent.sleep(0)  # a flood of reports must not starve the other greenlets
-        finally:
-            os.close(fd)
+    def _on_reports(self, data: bytes) -> None:
+        """The runner's JSON-line reports, as they arrive."""
+        for line in data.splitlines():
+            self._on_report(line)
 
     def _on_report(self, line: bytes) -> None:
         try:

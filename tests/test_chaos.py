@@ -10,10 +10,10 @@ import tempfile
 
 import psutil
 import pytest
-from conftest import BIN, alive, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import BIN, alive, wait_for
 from gsuper import config
 
 pytestmark = pytest.mark.timeout(120)

@@ -10,6 +10,7 @@ import time
 
 import psutil
 import pytest
+
 from conftest import BIN, PHP, alive, wait_for
 
 pytestmark = pytest.mark.timeout(90)

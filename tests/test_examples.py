@@ -3,6 +3,7 @@
 import shutil
 
 import pytest
+
 from conftest import PHP, ROOT, free_port, wait_for
 
 pytestmark = [

@@ -11,6 +11,7 @@ import time
 
 import psutil
 import pytest
+
 from conftest import BIN, ROOT, alive, wait_for
 
 sys.path.insert(0, str(ROOT))

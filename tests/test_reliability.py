@@ -8,6 +8,7 @@ import signal
 import time
 
 import pytest
+
 from conftest import PHP, ROOT, wait_for
 
 pytestmark = [

@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 import pytest
+
 from conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 import pytest
+
 from conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,6 +8,7 @@ import time
 
 import psutil
 import pytest
+
 from conftest import PHP, ROOT, wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -232,8 +233,11 @@ def test_worker_sees_its_identity_and_the_term_signal(gs):
     numprocs = 2
     """)
     gs.start()
-    wait_for(lambda: (gs.root / "who-1.txt").exists() and (gs.root / "who-0.txt").exists(), what="both workers")
-    assert (gs.root / "who-0.txt").read_text() == "who"
+    def written(name):
+        path = gs.root / name
+        return path.exists() and path.read_text() == "who"  # created, then written: wait for both
+
+    wait_for(lambda: written("who-0.txt") and written("who-1.txt"), what="both workers")
     pid = gs.workers("who")[0]["pid"]
     os.kill(pid, signal.SIGTERM)  # TERM from outside: a clean exit, then a fresh worker
     row = wait_for(lambda: [w for w in gs.workers("who") if w["index"] == 0 and w["pid"] not in (None, pid)], what="a respawn")[0]
