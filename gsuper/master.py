@@ -22,6 +22,7 @@ from gsuper.control import ControlServer
 from gsuper.daemon import PidFile
 from gsuper.logs import LogFile, setup_master_logging
 from gsuper.program import Program, RollingError
+from gsuper.spawn import SETPRIV
 from gsuper.states import ProcessState
 from gsuper.worker import Worker
 
@@ -91,6 +92,7 @@ class Master:
             notify({"ok": False, "error": str(exc)})
             return 1
         try:
+            _no_inherited_fds()
             _set_title(f"gsuper: master {self.config.path}")
             ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
             if stale:
@@ -101,6 +103,8 @@ class Master:
             gevent.spawn(self._signal_loop)
             gevent.spawn(self._memory_monitor)
             log.info("master %d started with %s", os.getpid(), self.config.path)
+            if SETPRIV is None:
+                log.warning("setpriv (util-linux) is not installed: workers will not get SIGTERM if the master dies")
             selected = self.only if self.only is not None else list(self.config.programs)
             for name, pcfg in self.config.programs.items():
                 self.programs[name] = self._make_program(pcfg)
@@ -459,6 +463,19 @@ def _group_members(groups: dict[int, float], since: float) -> list[tuple[int, in
         if pgid in groups and proc.pid != os.getpid():
             found.append((pgid, proc.pid))
     return found
+
+
+def _no_inherited_fds() -> None:
+    """Mark every descriptor above stderr close-on-exec, so that none the master inherited (from
+    a shell, a CI runner, a service manager) reaches a worker; workers are spawned without
+    closing descriptors, so this is what keeps them clean."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass
 
 
 def _set_title(title: str) -> None:

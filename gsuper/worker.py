@@ -1,15 +1,13 @@
 """One worker slot: spawn, read the status pipe, wait, and decide restart, backoff or FATAL.
 
-Each slot runs one greenlet (:meth:`Worker._run`) that blocks on ``Popen.wait()``: a death is
-seen at once, with no polling loop. Every change of state goes through :meth:`_transition`,
-which checks the table in :mod:`gsuper.states`.
+Each slot runs one greenlet (:meth:`Worker._run`) that blocks on its child's exit (a libev
+child watcher, see :mod:`gsuper.spawn`): a death is seen at once, with no polling loop. Every
+change of state goes through :meth:`_transition`, which checks the table in :mod:`gsuper.states`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import functools
 import json
 import logging
 import os
@@ -21,11 +19,11 @@ from typing import Any
 
 import gevent
 import gevent.event
-from gevent.subprocess import DEVNULL, Popen, TimeoutExpired
 
 from gsuper import runners
 from gsuper.config import ProgramConfig
 from gsuper.logs import LogFile, PipeReader, output_to_log
+from gsuper.spawn import Child, spawn
 from gsuper.states import RUNNING_STATES, SIGNALLABLE_STATES, ProcessState, check_transition
 
 S = ProcessState
@@ -36,18 +34,7 @@ BACKOFF_MAX_S = 10.0
 MIN_UPTIME_S = 1.0
 STATUS_LINE_MAX = 65536
 CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGFPE, signal.SIGILL}
-PR_SET_PDEATHSIG = 1
 REPORTING_RUNNERS = ("php", "python")  # they report ready after their bootstrap
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _child_setup(master_pid: int) -> None:
-    """Runs in the child between fork and exec: die with the master, unblock every signal."""
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != master_pid:  # the master died before prctl took effect
-        os._exit(1)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
 def backoff_delay(failures: int) -> float:
@@ -77,7 +64,7 @@ class Worker:
         self.logfile = logfile
         self.on_change = on_change
         self.state = S.STOPPED
-        self.proc: Popen | None = None
+        self.proc: Child | None = None
         self.pid: int | None = None
         self.started_at = 0.0
         self.restarts = 0
@@ -197,14 +184,10 @@ class Worker:
         self.spawned.set()
         if proc is None:
             return None
-        startsecs = self.program.startsecs_s
-        try:
-            proc.wait(timeout=startsecs) if startsecs > 0 else None
-            if proc.returncode is None:
-                self._startsecs_passed()
-        except TimeoutExpired:
+        if proc.wait(self.program.startsecs_s) is None:
             self._startsecs_passed()
         code = proc.wait()
+        assert code is not None
         # The runner's last report (its exit reason) is already in the pipe: let the reader take it.
         if self._status_reader is not None:
             self._status_reader.eof.wait(timeout=0.2)
@@ -215,7 +198,7 @@ class Worker:
             pass
         return int(code)
 
-    def _spawn(self) -> Popen | None:
+    def _spawn(self) -> Child | None:
         program = self.program
         self._reported_exit = None
         self._recycle_reason = None
@@ -227,22 +210,13 @@ class Worker:
         out_r, out_w = os.pipe()
         for fd in (status_r, out_r):
             os.set_blocking(fd, False)
+        argv = runners.argv_for(program)
         try:
-            proc = Popen(
-                runners.argv_for(program),
-                cwd=program.directory,
-                env=runners.env_for(program, self.index, status_w, max_request),
-                stdin=DEVNULL,
-                stdout=out_w,
-                stderr=out_w,
-                pass_fds=(status_w,),
-                start_new_session=True,
-                preexec_fn=functools.partial(_child_setup, os.getpid()),
-            )
+            proc = spawn(argv, runners.env_for(program, self.index, status_w, max_request), program.directory, out_w, status_w)
         except OSError as exc:
             for fd in (status_r, out_r):
                 os.close(fd)
-            self.last_error = f"cannot start {runners.argv_for(program)[0]}: {exc.strerror}"
+            self.last_error = f"cannot start {argv[0]}: {exc.strerror}"
             log.error("%s: %s", self.name, self.last_error)
             return None
         finally:
@@ -267,6 +241,8 @@ class Worker:
         self.last_exit = {"reason": reason, "code": code}
         if code is not None:
             log.info("%s (pid %s) exited: %s, code %s, after %.2fs", self.name, self.pid, reason, code, uptime)
+            if code in (126, 127) and uptime < MIN_UPTIME_S:  # the exec itself failed (see the program's log)
+                self.last_error = f"could not execute {runners.argv_for(program)[0]} (exit {code})"
         self.stop_deadline = None
         if self._stopping:
             self._transition(S.STOPPED)
@@ -342,12 +318,10 @@ class Worker:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _terminate(self, proc: Popen, timeout: float) -> None:
+    def _terminate(self, proc: Child, timeout: float) -> None:
         """stopsignal to the group; SIGKILL to the group if the process is still there after timeout."""
         self._signal(self.program.stopsignal)
-        try:
-            proc.wait(timeout=timeout)
-        except TimeoutExpired:
+        if proc.wait(timeout) is None:
             log.warning("%s (pid %s) did not stop within %.1fs: SIGKILL to its group", self.name, proc.pid, timeout)
             self._signal(signal.SIGKILL)
 

@@ -399,3 +399,42 @@ def test_a_broken_file_does_not_lock_out_its_running_master(gs):
     assert not gs.running() and not alive(pid)
     again = gs.run("-s", "status")  # no master now: the config error is the answer
     assert again.returncode == 2 and "numprocs" in again.stderr
+
+
+def test_workers_inherit_only_their_own_descriptors(gs):
+    gs.file("fds.py", """
+    import os, time
+    fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))  # listdir's own fd is among them
+    print("fds", *fds, "status", os.environ["GSUPER_STATUS_FD"], flush=True)
+    time.sleep(1000)
+    """)
+    gs.write(f"""
+    [program:fds]
+    command = {sys.executable} fds.py
+    numprocs = 3
+    """)
+    gs.start()
+    wait_for(lambda: gs.log("fds").count(" status ") == 3, what="three listings")
+    for line in gs.log("fds").splitlines():
+        fds, status_fd = line.split(" fds ")[1].split(" status ")
+        extra = set(fds.split()) - {"0", "1", "2", status_fd}
+        assert len(extra) <= 1, f"a worker inherited descriptors it should not have: {line}"
+    pid = gs.workers("fds")[0]["pid"]
+    assert psutil.Process(pid).cmdline()[1].endswith("fds.py")  # setpriv exec'd the command itself
+
+
+def test_a_command_that_cannot_execute_is_reported(gs):
+    # The file is checked at start; here it loses its exec bit afterwards, as in a bad deploy.
+    script = gs.file("job.sh", "#!/bin/sh\nexec sleep 1000\n", mode=0o755)
+    gs.write("""
+    [program:job]
+    command = ./job.sh
+    startretries = 0
+    """)
+    gs.start()
+    pid = gs.wait_workers("job")[0]["pid"]
+    script.chmod(0o644)
+    os.kill(pid, signal.SIGKILL)
+    row = gs.wait_workers("job", "FATAL")[0]
+    assert row["last_exit"]["code"] == 126 and "could not execute ./job.sh (exit 126)" in row["last_error"]
+    assert "Permission denied" in gs.log("job")
