@@ -573,42 +573,9 @@ class Resp:
 
 
 @pytest.fixture
-def redis_port(tmp_path: Path) -> Iterator[int]:
-    """A throw-away redis-server on a free loopback port, ended by its pid afterwards."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-    def answers() -> bool:
-        try:
-            client = Resp(port)
-        except OSError:
-            return False
-        try:
-            return bool(client("PING") == "PONG")
-        finally:
-            client.close()
-
-    try:
-        wait_for(lambda: answers() or proc.poll() is not None, 10, "redis-server to answer")
-        assert proc.poll() is None, "redis-server did not start"
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def redis_port(redis_server: Any) -> int:
+    """The port of the throw-away redis-server of conftest's redis_server fixture."""
+    return int(redis_server.port)
 
 
 def redis_worker(start: Callable[..., PhpWorker], port: int, index: int) -> PhpWorker:
