@@ -100,6 +100,8 @@ def _usage_problem(argv: list[str]) -> str:
     if "-s" in argv:
         i = argv.index("-s")
         given = argv[i + 1] if i + 1 < len(argv) else ""
+        if not given or given.startswith("-"):
+            return f"-s needs a command: {', '.join(COMMANDS)} (see gsuper --help)"
         if given not in COMMANDS:
             return f"unknown command {given!r}; the commands are {', '.join(COMMANDS)} (see gsuper --help)"
         line = next(ln.strip() for ln in (__doc__ or "").splitlines() if re.match(rf"\s+gsuper -s {given}\b", ln))
