@@ -153,6 +153,8 @@ class Master:
         if self._shutting_down:
             return
         self._shutting_down = True
+        for program in self.programs.values():
+            program.halt()
         log.info("stopping every program")
         self._stop_programs(list(self.programs), timeout_s)
         self._done.set()

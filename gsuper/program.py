@@ -27,6 +27,7 @@ class Program:
         self.logfile = logfile
         self.on_change = on_change
         self.workers: list[Worker] = []
+        self.halted = False  # the master is stopping: no new worker may start
 
     @property
     def name(self) -> str:
@@ -43,8 +44,18 @@ class Program:
         gevent.joinall([gevent.spawn(w.start) for w in self.workers])
 
     def stop(self, timeout_s: float | None = None) -> None:
-        """Stop every slot gracefully, all at once, and wait until they are at rest."""
-        gevent.joinall([gevent.spawn(w.stop, timeout_s) for w in self.workers])
+        """Stop every slot gracefully, all at once, and wait until they are at rest.
+
+        A worker that a rolling restart or scale added meanwhile is stopped in another round.
+        """
+        batch = list(self.workers)
+        while batch:
+            gevent.joinall([gevent.spawn(w.stop, timeout_s) for w in batch])
+            batch = [w for w in self.workers if w.proc is not None]
+
+    def halt(self) -> None:
+        """From now on start no new worker (the master is stopping); then stop."""
+        self.halted = True
 
     def kill(self) -> None:
         """SIGKILL every worker's process group at once."""
@@ -60,7 +71,7 @@ class Program:
         for w in extra:
             self.workers.remove(w)
         have = {w.index for w in self.workers}
-        fresh = [self._new_worker(i) for i in range(numprocs) if i not in have]
+        fresh = [] if self.halted else [self._new_worker(i) for i in range(numprocs) if i not in have]
         self.workers.extend(fresh)
         self.workers.sort(key=lambda w: w.index)
         gevent.joinall([gevent.spawn(w.start) for w in fresh])
@@ -77,6 +88,8 @@ class Program:
         for old in sorted(self.workers, key=lambda w: w.index):
             if old.index >= config.numprocs:
                 continue
+            if self.halted:
+                raise RollingError(f"{self.name}: the master is stopping; {replaced} workers were replaced")
             fresh = self._new_worker(old.index, config)
             self.workers.append(fresh)
             fresh.start()

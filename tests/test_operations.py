@@ -191,8 +191,10 @@ def test_reload_adds_removes_changes_scales_and_keeps(gs):
     keep, gone, change, grow = (pids(gs, n) for n in ("keep", "gone", "change", "grow"))
     wait_for(lambda: gs.log("change").count("X=1") == 2, what="change's first output")
 
-    v2 = RELOAD_V1.format(py=PY).replace("X=1", "X=2").replace(
-        f"[program:gone]\ncommand = {PY} svc.py gone\nstartsecs = 0.2\n", ""
+    v2 = (
+        RELOAD_V1.format(py=PY)
+        .replace("X=1", "X=2")
+        .replace(f"[program:gone]\ncommand = {PY} svc.py gone\nstartsecs = 0.2\n", "")
     )
     v2 = v2.replace("[program:grow]\n", "[program:grow]\nnumprocs = 3\n")
     v2 += "[program:fresh]\ncommand = sleep 1000\nstartsecs = 0.2\n"
@@ -373,12 +375,15 @@ def test_rolling_restart_keeps_capacity_and_cuts_no_request(gs):
 
 def test_rolling_waits_for_the_ready_report_of_a_slow_bootstrap(gs):
     # The bootstrap takes far longer than startsecs: the old worker serves until the new is ready.
-    gs.file("boot.py", """
+    gs.file(
+        "boot.py",
+        """
     import os, time
     time.sleep(1.2)
     with open("booted.txt", "a") as fh:
         fh.write(f"{os.getpid()} {time.time()}\\n")
-    """)
+    """,
+    )
     consumer_config(gs, numprocs=1, extra="bootstrap = boot.py\n    startsecs = 0.2")
     gs.start()
     old = wait_for(lambda: pids(gs, "consumer").get(0), what="the first worker")
@@ -387,8 +392,9 @@ def test_rolling_waits_for_the_ready_report_of_a_slow_bootstrap(gs):
     new = pids(gs, "consumer")[0]
     booted = dict(ln.split() for ln in (gs.root / "booted.txt").read_text().splitlines())
     assert str(new) in booted, "the rolling restart ended before the new worker was ready"
-    last_end = max(float(ln.split()[2]) for ln in (gs.root / "requests.txt").read_text().splitlines()
-                   if ln.startswith(f"end {old}:"))
+    last_end = max(
+        float(ln.split()[2]) for ln in (gs.root / "requests.txt").read_text().splitlines() if ln.startswith(f"end {old}:")
+    )
     assert last_end >= float(booted[str(new)]) - 0.05, "the old worker was stopped before the new one was ready"
     begun, ended = requests_of(gs)
     assert set(begun[old]) <= ended
@@ -493,7 +499,9 @@ def first_line(path):
 
 
 def test_tail_follows_across_rotation(gs):
-    gs.file("counter.py", """
+    gs.file(
+        "counter.py",
+        """
     import sys, time
     n = 0
     while True:
@@ -501,7 +509,8 @@ def test_tail_follows_across_rotation(gs):
         sys.stdout.write(f"line {n} " + "." * 40 + "\\n")
         sys.stdout.flush()
         time.sleep(0.004)
-    """)
+    """,
+    )
     gs.write(f"""
     [gsuper]
     log_max_bytes = 20K
@@ -515,7 +524,9 @@ def test_tail_follows_across_rotation(gs):
     wait_for(lambda: "line 20 " in gs.log("counter"), what="some lines")
     tail = subprocess.Popen(
         [PY, BIN, "-s", "tail", "-c", str(gs.config), "-p", "counter", "-n", "5", "-f"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     seen = []
 
@@ -546,7 +557,9 @@ def test_tail_follows_across_rotation(gs):
 
 
 def test_stop_shows_progress_on_a_pipe(gs):
-    gs.file("slowstop.py", """
+    gs.file(
+        "slowstop.py",
+        """
     import os, signal, sys, time
     def bye(*_):
         time.sleep(float(os.environ.get("DELAY", "1.5")))
@@ -554,7 +567,8 @@ def test_stop_shows_progress_on_a_pipe(gs):
     signal.signal(signal.SIGTERM, bye)
     while True:
         time.sleep(1)
-    """)
+    """,
+    )
     gs.write(f"""
     [program:slowstop]
     command = {PY} slowstop.py
@@ -596,3 +610,38 @@ def test_stop_shows_progress_on_a_pipe(gs):
     assert "stopping: 1 worker left" in lines
     assert all(re.fullmatch(r"stopping: [123] workers? left", ln) for ln in lines[:-1]), out
     assert not gs.running()
+
+
+@pytest.mark.timeout(90)
+def test_stop_during_a_rolling_restart_starts_no_more_replacements(gs):
+    # Requests take 1.5 s, so the rolling restart is busy stopping an old worker when the stop
+    # comes; it must not go on to start the next replacement once the master is stopping.
+    gs.file("boot.py", "import os\nwith open('boots.txt', 'a') as fh:\n    fh.write(f'{os.getpid()}\\n')\n")
+    gs.file("req.py", "import time\ntime.sleep(1.5)\n")
+    gs.write("""
+    [program:rolling]
+    runner = python
+    script = req.py
+    bootstrap = boot.py
+    numprocs = 3
+    """)
+    gs.start()
+    gs.wait_workers("rolling", timeout=20)
+    rolling = subprocess.Popen(
+        [sys.executable, BIN, "-s", "restart", "--rolling", "-c", str(gs.config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: any(w["state"] == "STOPPING" for w in gs.workers("rolling")), 15, "the first old worker stopping")
+        gs.run("-s", "stop", check=True)
+        _out, err = rolling.communicate(timeout=30)
+    finally:
+        if rolling.poll() is None:
+            rolling.kill()
+            rolling.wait()
+    assert not gs.running()
+    boots = (gs.root / "boots.txt").read_text().split()
+    assert len(boots) == 4, f"replacements started after the stop began: {boots}"
+    assert rolling.returncode != 0 and ("stopping" in err or "closed the connection" in err), err
