@@ -80,6 +80,7 @@ class Master:
         self._shutting_down = False
         self._record_pending = False
         self._busy = False  # a reload or rolling restart is being applied
+        self._created = psutil.Process().create_time()
 
     # -- life ---------------------------------------------------------------------------------
 
@@ -241,7 +242,9 @@ class Master:
         tmp = self.config.workersfile + ".tmp"
         try:
             with open(tmp, "w") as fh:
-                json.dump({"master": os.getpid(), "time": time.time(), "workers": workers}, fh)
+                # Every process of those groups was created after this master: a later start
+                # uses that to tell them from unrelated processes that reuse a pid.
+                json.dump({"master": os.getpid(), "master_started": self._created, "workers": workers}, fh)
             os.replace(tmp, self.config.workersfile)
         except OSError as exc:
             log.warning("cannot write %s: %s", self.config.workersfile, exc.strerror)
@@ -252,7 +255,7 @@ class Master:
             with open(self.config.workersfile) as fh:
                 record = json.load(fh)
             groups = {int(w["pgid"]): float(w["stop_timeout_s"]) for w in record["workers"]}
-            since = float(record.get("time", 0)) - 3600
+            since = float(record["master_started"])
         except (OSError, ValueError, KeyError, TypeError):
             return
         members = _group_members(groups, since)
