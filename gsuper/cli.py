@@ -226,7 +226,7 @@ def _start_daemon(cfg: config.GsuperConfig, only: list[str] | None, master_cls: 
             code = master_cls(cfg, only).run(notify)
         except BaseException as exc:  # noqa: BLE001 - the CLI must hear why the daemon died
             try:
-                notify({"ok": False, "error": f"the master could not start: {exc}"})
+                notify({"ok": False, "error": f"the master could not start: {daemon.describe(exc)}"})
             except OSError:
                 pass
         finally:

@@ -116,3 +116,11 @@ def detach(stdio_path: str = os.devnull) -> None:
     os.dup2(out, 2)
     os.close(null)
     os.close(out)
+
+
+def describe(exc: BaseException) -> str:
+    """One sentence for an error met while starting: an OS error names the path and the cause."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"cannot use{where}: {exc.strerror}"
+    return str(exc)

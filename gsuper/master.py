@@ -19,7 +19,7 @@ import psutil
 
 from gsuper import __version__, config
 from gsuper.control import ControlServer
-from gsuper.daemon import PidFile
+from gsuper.daemon import PidFile, describe
 from gsuper.logs import LogFile, setup_master_logging
 from gsuper.program import Program, RollingError
 from gsuper.spawn import SETPRIV
@@ -90,7 +90,7 @@ class Master:
         try:
             stale = self.pidfile.acquire()
         except Exception as exc:  # noqa: BLE001 - AlreadyRunning or an OS error, told to the CLI
-            notify({"ok": False, "error": str(exc)})
+            notify({"ok": False, "error": describe(exc)})
             return 1
         try:
             _no_inherited_fds()
@@ -117,7 +117,7 @@ class Master:
             return 0
         except Exception as exc:
             log.exception("master failed")
-            notify({"ok": False, "error": f"the master failed to start: {exc}"})
+            notify({"ok": False, "error": f"the master failed to start: {describe(exc)}"})
             for program in self.programs.values():
                 program.kill()
             return 1

@@ -268,3 +268,13 @@ def test_second_term_to_the_master_escalates_to_a_forced_exit(gs):
     os.kill(master, signal.SIGTERM)  # the second one: SIGKILL to every group now
     wait_for(lambda: not gs.running() and not any(alive(p) for p in pids), 10, what="a forced exit")
     assert "forced exit" in gs.log()
+
+
+@pytest.mark.parametrize("key", ["rundir", "logdir"])
+def test_unusable_run_or_log_folder_is_one_sentence(gs, key):
+    (gs.root / "afile").write_text("")
+    gs.write(f"[gsuper]\n{key} = afile/sub\n[program:a]\ncommand = sleep 1000\n")
+    proc = gs.run("-s", "start")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert f"cannot use {gs.root}/afile/sub" in proc.stderr and "Not a directory" in proc.stderr
+    assert not gs.running()
