@@ -244,6 +244,9 @@ def _start_daemon(cfg: config.GsuperConfig, only: list[str] | None, master_cls: 
         raise Fail(msg["error"])
     print(f"gsuper: master {msg['pid']} started")
     _print_started(msg["programs"])
+    if msg.get("unspawned"):
+        failed = "; ".join(msg["unspawned"])
+        raise Fail(f"{len(msg['unspawned'])} workers could not be spawned (the master retries them): {failed}")
     return 0
 
 

@@ -110,7 +110,15 @@ class Master:
             for name, pcfg in self.config.programs.items():
                 self.programs[name] = self._make_program(pcfg)
             self._start_programs(selected)
-            notify({"ok": True, "pid": os.getpid(), "programs": {n: self.config.programs[n].numprocs for n in selected}})
+            unspawned = [f"{w.name}: {w.last_error}" for n in selected for w in self.programs[n].workers if w.pid is None]
+            notify(
+                {
+                    "ok": True,
+                    "pid": os.getpid(),
+                    "programs": {n: self.config.programs[n].numprocs for n in selected},
+                    "unspawned": unspawned,
+                }
+            )
             # Hand back to the system what start-up (imports, the CLI's part) left free on the heap.
             ctypes.CDLL(None).malloc_trim(0)
             self._done.wait()

@@ -278,3 +278,12 @@ def test_unusable_run_or_log_folder_is_one_sentence(gs, key):
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert f"cannot use {gs.root}/afile/sub" in proc.stderr and "Not a directory" in proc.stderr
     assert not gs.running()
+
+
+def test_start_says_which_workers_could_not_be_spawned(gs):
+    big = "x" * 200_000  # over the kernel's limit for one environment string: the exec fails
+    gs.write(f"[program:ok]\ncommand = sleep 1000\n[program:huge]\ncommand = sleep 1000\nenvironment = BIG={big}\n")
+    proc = gs.run("-s", "start")
+    assert proc.returncode == 1 and "ok: 1 worker started" in proc.stdout
+    assert "1 workers could not be spawned" in proc.stderr and "huge#0: cannot start sleep: Argument list too long" in proc.stderr
+    assert gs.running() and gs.wait_workers("ok")  # the rest is supervised all the same
