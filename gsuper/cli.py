@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `gsuper -s status | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:  # noqa: BLE001 - a user never gets a traceback; this is a bug to report
+        print(f"gsuper: internal error ({type(exc).__name__}: {exc}); please report it", file=sys.stderr)
+        return 1
 
 
 def _usage_problem(argv: list[str]) -> str:
@@ -104,8 +107,7 @@ def _usage_problem(argv: list[str]) -> str:
             return f"-s needs a command: {', '.join(COMMANDS)} (see gsuper --help)"
         if given not in COMMANDS:
             return f"unknown command {given!r}; the commands are {', '.join(COMMANDS)} (see gsuper --help)"
-        line = next(ln.strip() for ln in (__doc__ or "").splitlines() if re.match(rf"\s+gsuper -s {given}\b", ln))
-        return f"wrong options for {given}; usage: {line}"
+        return f"wrong options for {given}; usage: {_usage_line(given)}"
     return "a command is required, as in gsuper -s start -c gsuper.ini (see gsuper --help)"
 
 
@@ -115,9 +117,13 @@ def _help(command: str | None) -> int:
         return 0
     if command not in HELP:
         raise Fail(f"no help for {command!r}; the commands are {', '.join(COMMANDS)}", 2)
-    usage = next(ln.strip() for ln in (__doc__ or "").splitlines() if re.match(rf"\s+gsuper -s {command}\b", ln))
-    print(f"{usage}\n\n{HELP[command]}")
+    print(f"{_usage_line(command)}\n\n{HELP[command]}")
     return 0
+
+
+def _usage_line(command: str) -> str:
+    """The command's line of the docopt usage text."""
+    return next(ln.strip() for ln in (__doc__ or "").splitlines() if re.match(rf"\s+gsuper -s {command}\b", ln))
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -254,8 +260,11 @@ def cmd_stop(args: dict[str, Any]) -> int:
     """Graceful stop, waiting with progress until the workers (and master) are gone."""
     cfg = _load_for_running(args)
     programs, groups, names = _selection(args, cfg)
+    try:
+        timeout_s = config.parse_duration(args["--timeout"]) if args["--timeout"] else None
+    except ValueError as exc:
+        raise Fail(f"--timeout: {exc}", 2) from None
     _running(cfg)
-    timeout_s = config.parse_duration(args["--timeout"]) if args["--timeout"] else None
     _stop(cfg, programs, groups, names, timeout_s)
     return 0
 

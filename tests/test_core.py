@@ -349,6 +349,7 @@ def test_cli_misuse(gs, tmp_path):
         (["frobnicate"], "a command is required"),
         (["-s", "status", "-c", str(tmp_path / "absent.ini")], "no such configuration file"),
         (["help", "nope"], "no help for 'nope'"),
+        (["-s", "stop", "--timeout", "soon", "-c", str(tmp_path / "absent.ini")], "no such configuration file"),
     ):
         proc = subprocess.run([sys.executable, BIN, *argv], capture_output=True, text=True, cwd=tmp_path)
         assert proc.returncode == 2, (argv, proc.stderr)
@@ -438,3 +439,9 @@ def test_a_command_that_cannot_execute_is_reported(gs):
     row = gs.wait_workers("job", "FATAL")[0]
     assert row["last_exit"]["code"] == 126 and "could not execute ./job.sh (exit 126)" in row["last_error"]
     assert "Permission denied" in gs.log("job")
+
+
+def test_bad_timeout_is_bad_usage(gs):
+    gs.write(SLEEPER.replace("numprocs = 3", "numprocs = 1"))
+    proc = gs.run("-s", "stop", "--timeout", "soon")
+    assert proc.returncode == 2 and "--timeout:" in proc.stderr and "Traceback" not in proc.stderr
