@@ -199,6 +199,20 @@ def describe(exc: BaseException) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
 
 
+def import_module(name: str, what: str, failed: str) -> Any:
+    """Import a bootstrap or handler module; a missing module or an error in it is a BootstrapError."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+            raise BootstrapError(f"{what} {name!r} not found (sys.path[0] is {sys.path[0]})") from None
+        raise BootstrapError(f"{what} {name} {failed}: {describe(exc)}", show_trace=True) from exc
+    except (Stop, SystemExit):
+        raise
+    except BaseException as exc:
+        raise BootstrapError(f"{what} {name} {failed}: {describe(exc)}", show_trace=True) from exc
+
+
 def set_title(title: str) -> None:
     """Set the process title if setproctitle is installed; without touching /proc/PID/environ."""
     try:
@@ -239,16 +253,7 @@ def load_bootstrap(entries: list[str], namespace: dict[str, Any]) -> None:
                 raise BootstrapError(f"bootstrap {path} failed: {describe(exc)}", show_trace=True) from exc
             namespace.update((k, v) for k, v in result.items() if k not in _RUNPY_NAMES)
         else:
-            try:
-                importlib.import_module(entry)
-            except ModuleNotFoundError as exc:
-                if exc.name and (entry == exc.name or entry.startswith(exc.name + ".")):
-                    raise BootstrapError(f"bootstrap module {entry!r} not found (sys.path[0] is {sys.path[0]})") from exc
-                raise BootstrapError(f"bootstrap module {entry} failed: {describe(exc)}", show_trace=True) from exc
-            except (Stop, SystemExit):
-                raise
-            except BaseException as exc:
-                raise BootstrapError(f"bootstrap module {entry} failed: {describe(exc)}", show_trace=True) from exc
+            import_module(entry, "bootstrap module", "failed")
             top = entry.split(".")[0]
             namespace[top] = sys.modules[top]  # as `import a.b` binds `a`
 
@@ -284,16 +289,7 @@ def resolve_handler(spec: str) -> Callable[[], object]:
     module_name, attr_path = module_name.strip(), attr_path.strip()
     if not sep or not module_name or not attr_path:
         raise BootstrapError(f"handler {spec!r} is not in the form module:callable")
-    try:
-        obj = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise BootstrapError(f"handler module {module_name!r} not found (sys.path[0] is {sys.path[0]})") from None
-        raise BootstrapError(f"handler module {module_name} failed to import: {describe(exc)}", show_trace=True) from exc
-    except (Stop, SystemExit):
-        raise
-    except BaseException as exc:
-        raise BootstrapError(f"handler module {module_name} failed to import: {describe(exc)}", show_trace=True) from exc
+    obj = import_module(module_name, "handler module", "failed to import")
 
     owner = None
     parts = attr_path.split(".")
