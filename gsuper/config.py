@@ -58,6 +58,8 @@ max_request = integer(min=0, default=0)
 max_request_jitter = integer(min=0, default=0)
 # Resident memory (RSS) of the worker and its children; over it the worker is replaced. Bare number = MB; 512K, 50M, 1G. 0 = none.
 memory_limit = size(bare="M", default="0")
+# Seconds between the master's samples of this program's worker trees (memory_limit). Default: [gsuper]'s.
+memory_check_interval = duration(default=None)
 # Microseconds slept after every request in loop mode (CPU guard).
 usleep = integer(min=0, max=60000000, default=1000)
 # true, false, or unexpected (restart only on exit codes not in exitcodes).
@@ -271,6 +273,7 @@ class ProgramConfig:
     max_request: int
     max_request_jitter: int
     memory_limit_bytes: int
+    memory_check_interval_s: float | None
     usleep_us: int
     autorestart: str
     exitcodes: tuple[int, ...]
@@ -561,6 +564,7 @@ def _build_program(path: str, name: str, sec: Any, absolute: Any) -> ProgramConf
         max_request=sec["max_request"],
         max_request_jitter=sec["max_request_jitter"],
         memory_limit_bytes=sec["memory_limit"],
+        memory_check_interval_s=None if sec["memory_check_interval"] is None else max(0.05, sec["memory_check_interval"]),
         usleep_us=sec["usleep"],
         autorestart=sec["autorestart"],
         exitcodes=tuple(sec["exitcodes"]),

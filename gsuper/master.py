@@ -211,19 +211,24 @@ class Master:
     # -- memory -------------------------------------------------------------------------------
 
     def _memory_monitor(self) -> None:
+        """Sample the worker trees of programs with a memory_limit, each at its own interval."""
+        due: dict[str, float] = {}
         while True:
-            gevent.sleep(self.config.memory_check_interval_s)
-            limited = [
-                w
-                for p in self.programs.values()
-                if p.config.memory_limit_bytes
-                for w in p.workers
-                if w.pid is not None and w.state in (ProcessState.STARTING, ProcessState.RUNNING)
-            ]
-            if not limited:
+            limited = [p for p in self.programs.values() if p.config.memory_limit_bytes]
+            intervals = {p.name: p.config.memory_check_interval_s or self.config.memory_check_interval_s for p in limited}
+            gevent.sleep(min(intervals.values(), default=self.config.memory_check_interval_s))
+            now = time.monotonic()
+            workers = []
+            for program in limited:
+                if now < due.get(program.name, 0.0) or program.name not in intervals:
+                    continue
+                due[program.name] = now + intervals[program.name] - 0.01
+                live = (ProcessState.STARTING, ProcessState.RUNNING)
+                workers += [w for w in program.workers if w.pid is not None and w.state in live]
+            if not workers:
                 continue
-            usage = tree_rss(w.pid for w in limited if w.pid is not None)
-            for w in limited:
+            usage = tree_rss(w.pid for w in workers if w.pid is not None)
+            for w in workers:
                 rss = usage.get(w.pid or 0)
                 if rss is None:
                     continue

@@ -186,3 +186,15 @@ def test_check_command_line(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bin/gsuper"), "-s", "check", "-c", bad], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and "[program:a] numprocs" in proc.stderr
+
+
+def test_memory_check_interval_globally_and_per_program(tmp_path):
+    cfg = load(
+        write(
+            tmp_path,
+            "[gsuper]\nmemory_check_interval = 2s\n[program:a]\ncommand = sleep 1\n"
+            "[program:b]\ncommand = sleep 1\nmemory_check_interval = 250ms\n",
+        )
+    )
+    assert cfg.memory_check_interval_s == 2.0
+    assert cfg.programs["a"].memory_check_interval_s is None and cfg.programs["b"].memory_check_interval_s == 0.25

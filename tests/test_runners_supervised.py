@@ -119,11 +119,10 @@ def test_master_replaces_an_exec_worker_over_memory_limit(gs):
     """,
     )
     gs.write(f"""
-    [gsuper]
-    memory_check_interval = 0.2
     [program:hog]
     command = {os.sys.executable} hog.py
     memory_limit = 50M
+    memory_check_interval = 0.2
     stop_timeout = 2
     """)
     gs.start()
