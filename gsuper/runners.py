@@ -6,6 +6,7 @@ The php, python and shell runners are files under ``runners/`` (installed inside
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 
@@ -23,30 +24,28 @@ def runners_dir() -> str:
     return os.path.join(os.path.dirname(_HERE), "runners")
 
 
-def argv_for(program: ProgramConfig) -> list[str]:
-    """The command line that starts one worker of the program."""
+@functools.lru_cache(maxsize=1024)
+def _argv(program: ProgramConfig) -> tuple[str, ...]:
     if program.runner == "exec":
         assert program.command is not None
-        return shlex.split(program.command)
+        return tuple(shlex.split(program.command))
     interpreter = program.interpreter or RUNNER_INTERPRETERS[program.runner]
-    return [*shlex.split(interpreter), os.path.join(runners_dir(), _RUNNER_FILES[program.runner])]
+    return (*shlex.split(interpreter), os.path.join(runners_dir(), _RUNNER_FILES[program.runner]))
 
 
-def env_for(
-    program: ProgramConfig, index: int, status_fd: int, max_request: int, base: dict[str, str] | None = None
-) -> dict[str, str]:
-    """The environment of one worker: the master's, the program's `environment`, then GSUPER_*.
+def argv_for(program: ProgramConfig) -> list[str]:
+    """The command line that starts one worker of the program (worked out once per config)."""
+    return list(_argv(program))
 
-    `max_request` is this life's limit, with the jitter already drawn.
-    """
-    env = dict(os.environ if base is None else base)
+
+@functools.lru_cache(maxsize=1024)
+def _program_env(program: ProgramConfig) -> dict[str, str]:
+    # The master's environment does not change while it runs: copy it once per program config.
+    env = dict(os.environ)
     env.update(program.environment)
     env.update(
         GSUPER_PROGRAM=program.name,
-        GSUPER_WORKER=str(index),
-        GSUPER_STATUS_FD=str(status_fd),
         GSUPER_MODE=program.mode,
-        GSUPER_MAX_REQUEST=str(max_request),
         GSUPER_MEMORY_LIMIT=str(program.memory_limit_bytes),
         GSUPER_USLEEP=str(program.usleep_us),
         GSUPER_ON_ERROR=program.on_error,
@@ -57,4 +56,14 @@ def env_for(
             GSUPER_HANDLER=program.handler or "",
             GSUPER_BOOTSTRAP="\n".join(program.bootstrap),
         )
+    return env
+
+
+def env_for(program: ProgramConfig, index: int, status_fd: int, max_request: int) -> dict[str, str]:
+    """The environment of one worker: the master's, the program's `environment`, then GSUPER_*.
+
+    `max_request` is this life's limit, with the jitter already drawn.
+    """
+    env = dict(_program_env(program))
+    env.update(GSUPER_WORKER=str(index), GSUPER_STATUS_FD=str(status_fd), GSUPER_MAX_REQUEST=str(max_request))
     return env
