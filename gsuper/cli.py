@@ -278,7 +278,8 @@ def _stop(cfg: config.GsuperConfig, programs: list[str], groups: list[str], name
     progress = _Progress()
     while True:
         try:
-            status = control.request(cfg.sockfile, {"cmd": "status", "programs": programs, "groups": groups}, 5)["status"]
+            ask = {"cmd": "status", "programs": programs, "groups": groups, "rss": False}
+            status = control.request(cfg.sockfile, ask, 5)["status"]
         except control.ControlError:
             status = None
         if status is None:

@@ -310,15 +310,19 @@ class Master:
         """Liveness."""
         return {"ok": True, "pid": os.getpid()}
 
-    def cmd_status(self, _request: dict[str, Any], names: list[str]) -> dict[str, Any]:
-        """The status document of CONTRACT.md (only the selected programs' workers)."""
-        return {"ok": True, "status": self.status(names)}
+    def cmd_status(self, request: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        """The status document of CONTRACT.md (only the selected programs' workers).
 
-    def status(self, names: list[str] | None = None) -> dict[str, Any]:
-        """Master and worker rows; RSS sampled now for every live worker tree."""
+        `"rss": false` skips sampling memory: the CLI polls status while a stop drains, and one
+        pass over /proc per poll would be work done for nothing.
+        """
+        return {"ok": True, "status": self.status(names, with_rss=request.get("rss", True) is not False)}
+
+    def status(self, names: list[str] | None = None, with_rss: bool = True) -> dict[str, Any]:
+        """Master and worker rows; RSS sampled now for every live worker tree (unless not asked)."""
         chosen = [self.programs[n] for n in (names if names is not None else list(self.programs))]
         workers = sorted((w for p in chosen for w in p.workers), key=lambda w: (w.program.name, w.index, w.started_at))
-        usage = tree_rss(w.pid for w in workers if w.pid is not None and w.state in LIVE)
+        usage = tree_rss(w.pid for w in workers if w.pid is not None and w.state in LIVE) if with_rss else {}
         rows = []
         for w in workers:
             if w.pid is not None and w.pid in usage and w.state in LIVE:
