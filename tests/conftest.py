@@ -178,6 +178,16 @@ def gs(tmp_path: Path) -> Iterator[Gsuper]:
     g.cleanup()
 
 
+def kill_group_and_reap(proc: subprocess.Popen[Any]) -> None:
+    """End a test's process with its whole group (it leads one) if still running, and reap it."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(10)
+
+
 def alive(pid: int) -> bool:
     """True while the pid is a live process (not a zombie)."""
     try:

@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import wait_for
+from conftest import kill_group_and_reap, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "runners" / "php" / "worker.php"
@@ -158,12 +158,7 @@ class PhpWorker:
 
     def close(self) -> None:
         """End the process group if still there, reap, close the pipe."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait(10)
+        kill_group_and_reap(self.proc)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import wait_for
+from conftest import kill_group_and_reap, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PY_RUNNER = ROOT / "runners" / "python" / "worker.py"
@@ -128,12 +128,7 @@ class Worker:
 
     def end(self) -> None:
         """Teardown: a worker still running is killed with its group and reaped."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait(10)
+        kill_group_and_reap(self.proc)
         if self.reader is None:
             try:
                 os.close(self.status_r)
