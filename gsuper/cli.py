@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import sys
 import time
 from typing import Any
@@ -41,6 +40,7 @@ from typing import Any
 from docopt import DocoptExit, docopt
 
 from gsuper import __version__, config, control, daemon
+from gsuper.states import LIVE_STATE_NAMES
 
 COMMANDS = ("start", "stop", "exit", "restart", "reload", "scale", "tail", "status", "check")
 HELP = {
@@ -57,7 +57,6 @@ HELP = {
     "status": "One row per worker; --json prints one JSON document.",
     "check": "Validate the configuration and start nothing (like nginx -t).",
 }
-LIVE_STATES = ("STARTING", "RUNNING", "STOPPING")
 
 
 class Fail(Exception):
@@ -214,38 +213,9 @@ def cmd_start(args: dict[str, Any]) -> int:
 
 
 def _start_daemon(cfg: config.GsuperConfig, only: list[str] | None, master_cls: Any) -> int:
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the daemon
-        os.close(read_end)
-        code = 1
-        pipe: list[int] = [write_end]
-
-        def notify(msg: dict[str, Any]) -> None:
-            if pipe:
-                os.write(pipe[0], json.dumps(msg).encode())
-                os.close(pipe.pop())
-
-        try:
-            os.makedirs(cfg.logdir, exist_ok=True)
-            daemon.detach(os.path.join(cfg.logdir, "gsuper.log"))
-            code = master_cls(cfg, only).run(notify)
-        except BaseException as exc:  # noqa: BLE001 - the CLI must hear why the daemon died
-            try:
-                notify({"ok": False, "error": f"the master could not start: {daemon.describe(exc)}"})
-            except OSError:
-                pass
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    chunks = []
-    while chunk := os.read(read_end, 65536):
-        chunks.append(chunk)
-    os.close(read_end)
-    os.waitpid(child, 0)
-    if not chunks:
+    msg = daemon.start_daemon(os.path.join(cfg.logdir, "gsuper.log"), master_cls(cfg, only).run)
+    if msg is None:
         raise Fail(f"the master died while starting; see {os.path.join(cfg.logdir, 'gsuper.log')}")
-    msg = json.loads(b"".join(chunks))
     if not msg["ok"]:
         raise Fail(msg["error"])
     print(f"gsuper: master {msg['pid']} started")
@@ -287,7 +257,7 @@ def _stop(cfg: config.GsuperConfig, programs: list[str], groups: list[str], name
                 break
             left: list[dict[str, Any]] = []
         else:
-            left = [w for w in status["workers"] if w["state"] in LIVE_STATES]
+            left = [w for w in status["workers"] if w["state"] in LIVE_STATE_NAMES]
             if not left and not whole:
                 break
         progress.show(left)
@@ -335,31 +305,9 @@ def cmd_exit(args: dict[str, Any]) -> int:
     """SIGKILL every worker's process group and the master at once."""
     cfg = _load_for_running(args)
     pid = _running(cfg)
-    groups: set[int] = set()
-    try:
-        os.kill(pid, signal.SIGSTOP)  # frozen, the master can spawn nothing more
-    except ProcessLookupError:
-        pass
-    try:
-        import psutil
+    from gsuper import record
 
-        groups.update(child.pid for child in psutil.Process(pid).children())
-    except Exception:  # noqa: BLE001 - the record below is the fallback
-        pass
-    try:
-        with open(cfg.workersfile) as fh:
-            groups.update(int(w["pgid"]) for w in json.load(fh)["workers"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    for pgid in groups:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except OSError:
-            pass
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    groups = record.force_exit(pid, cfg.workersfile)
     if not daemon.wait_gone(cfg.pidfile, 10):
         raise Fail(f"master {pid} did not die")
     for path in (cfg.pidfile, cfg.sockfile, cfg.workersfile):
@@ -367,7 +315,7 @@ def cmd_exit(args: dict[str, Any]) -> int:
             os.unlink(path)
         except OSError:
             pass
-    print(f"killed master {pid} and {len(groups)} worker process groups")
+    print(f"killed master {pid} and {groups} worker process groups")
     return 0
 
 
@@ -405,8 +353,9 @@ def cmd_scale(args: dict[str, Any]) -> int:
     name, sep, count = args["NAME=N"].partition("=")
     if not sep or not count.strip().isdigit():
         raise Fail(f"scale takes NAME=N, like member_1=4 (got {args['NAME=N']!r})", 2)
-    if int(count) > 1000:
-        raise Fail(f"scale {name}: the worker count must be a whole number from 0 to 1000 (got {count.strip()})", 2)
+    if int(count) > config.MAX_WORKERS:
+        limit = config.MAX_WORKERS
+        raise Fail(f"scale {name}: the worker count must be a whole number from 0 to {limit} (got {count.strip()})", 2)
     if name not in cfg.programs:
         raise Fail(f"{cfg.path}: no program named {name!r}", 2)
     _running(cfg)

@@ -35,7 +35,10 @@ log_backups = integer(min=0, max=100, default=5)
 memory_check_interval = duration(default="1")
 """
 
-SPEC_PROGRAM = """
+#: The most workers one program may have (numprocs, scale).
+MAX_WORKERS = 1000
+
+SPEC_PROGRAM = f"""
 # php, python (request loops), shell (bootstrap then exec the script), exec (any command).
 runner = option("php", "python", "shell", "exec", default="exec")
 # loop: run the business code once per request; daemon: one long run. Default: loop for php and python, daemon for shell and exec.
@@ -51,7 +54,7 @@ interpreter = text(default=None)
 # Hooks loaded once before the business code (PHP require_once, Python run or import, shell source).
 bootstrap = path_list(default=list())
 # Number of worker processes of the program (workNum in the original).
-numprocs = integer(min=1, max=1000, default=1)
+numprocs = integer(min=1, max={MAX_WORKERS}, default=1)
 # Requests per worker life; then a clean exit and an immediate fresh worker. 0 = unlimited.
 max_request = integer(min=0, default=0)
 # A random extra of 0..N requests per life, so workers started together do not recycle together.

@@ -1,4 +1,4 @@
-"""Daemonizing and the locked pid file.
+"""Daemonizing (the fork, detach and pipe protocol of `start`) and the locked pid file.
 
 The pid file is locked (flock) for as long as the master lives: "running" means "locked", so a
 pid file left by a killed master is recognised as stale and taken over, and the CLI waits for a
@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 
 class AlreadyRunning(Exception):
@@ -124,3 +127,49 @@ def describe(exc: BaseException) -> str:
         where = f" {exc.filename}" if exc.filename else ""
         return f"cannot use{where}: {exc.strerror}"
     return str(exc)
+
+
+#: run(notify) -> exit code: the master's life; it calls notify(message) once it is up (or failed).
+MasterRun = Callable[[Callable[[dict[str, Any]], None]], int]
+
+
+def start_daemon(stdio_path: str, run: MasterRun) -> dict[str, Any] | None:
+    """Start `run` as a daemon and return the first message it sends through `notify`.
+
+    The CLI forks; the child detaches (:func:`detach`, stdio to `stdio_path`) and calls `run`.
+    The message comes back over a pipe as one JSON document; None means the daemon died before
+    it said anything. The caller's process is left as it was (the intermediate child is reaped).
+    """
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the daemon
+        os.close(read_end)
+        code = 1
+        pipe: list[int] = [write_end]
+
+        def notify(msg: dict[str, Any]) -> None:
+            if pipe:
+                os.write(pipe[0], json.dumps(msg).encode())
+                os.close(pipe.pop())
+
+        try:
+            os.makedirs(os.path.dirname(stdio_path), exist_ok=True)
+            detach(stdio_path)
+            code = run(notify)
+        except BaseException as exc:  # noqa: BLE001 - the CLI must hear why the daemon died
+            try:
+                notify({"ok": False, "error": f"the master could not start: {describe(exc)}"})
+            except OSError:
+                pass
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 65536):
+        chunks.append(chunk)
+    os.close(read_end)
+    os.waitpid(child, 0)
+    if not chunks:
+        return None
+    msg: dict[str, Any] = json.loads(b"".join(chunks))
+    return msg

@@ -23,10 +23,11 @@ CHUNK = 65536
 class LogFile:
     """An append-only file rotated by size; write errors are reported once, never raised."""
 
-    def __init__(self, path: str, max_bytes: int, backups: int) -> None:
+    def __init__(self, path: str, max_bytes: int, backups: int, on_error: Callable[[str], None] | None = None) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
+        self.on_error = on_error  # told each new error once, as a sentence
         self._fd: int | None = None
         self._size = 0
         self._failed_at = 0.0
@@ -46,8 +47,8 @@ class LogFile:
     def _fail(self, exc: OSError) -> None:
         # Report each new error once; retry opening at most once a second.
         text = f"cannot write {self.path}: {exc.strerror}"
-        if text != self.last_error:
-            print(f"gsuper: {text}; output is dropped until it can be written", file=sys.stderr)
+        if text != self.last_error and self.on_error is not None:
+            self.on_error(f"{text}; output is dropped until it can be written")
         self.last_error = text
         self._failed_at = time.monotonic()
         self.close()

@@ -1,45 +1,99 @@
-"""A program's workers: start, stop, scale and rolling restart."""
+"""A program's workers: start, stop, scale and rolling restart, and the questions the master
+asks about them (is anything running, which workers are live, what to record for a takeover)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 import gevent
 
 from gsuper.config import ProgramConfig
+from gsuper.events import Event, EventStream
 from gsuper.logs import LogFile
-from gsuper.states import ProcessState
-from gsuper.worker import MIN_UPTIME_S, Worker
+from gsuper.policy import Rules
+from gsuper.record import Entry
+from gsuper.spawn import launch_worker
+from gsuper.states import STOPPABLE_STATES, ProcessState
+from gsuper.worker import REAL_CLOCK, Clock, Spawner, Worker
 
 log = logging.getLogger("gsuper")
+
+#: How long a rolling restart waits for a replacement to come up, beyond its startsecs.
+UP_TIMEOUT_S = 60.0
 
 
 class RollingError(RuntimeError):
     """A replacement worker did not come up; the old one was kept."""
 
+    #: Per program, how many workers were replaced before it (set by the master).
+    replaced: dict[str, int] = {}
+
 
 class Program:
     """The numprocs worker slots of one [program:NAME]."""
 
-    def __init__(self, config: ProgramConfig, logfile: LogFile, on_change: Callable[[Worker], None] | None = None):
-        self.config = config
+    def __init__(
+        self,
+        config: ProgramConfig,
+        logfile: LogFile,
+        events: EventStream | None = None,
+        spawner: Spawner = launch_worker,
+        clock: Clock = REAL_CLOCK,
+    ) -> None:
+        self._config = config
         self.logfile = logfile
-        self.on_change = on_change
+        self.events = events
+        self.spawner = spawner
+        self.clock = clock
         self.workers: list[Worker] = []
         self.halted = False  # the master is stopping: no new worker may start
 
     @property
     def name(self) -> str:
         """The program's name."""
-        return self.config.name
+        return self._config.name
+
+    @property
+    def config(self) -> ProgramConfig:
+        """The configuration the program runs with (numprocs follows `scale`)."""
+        return self._config
+
+    # -- questions ----------------------------------------------------------------------------
+
+    def is_running(self) -> bool:
+        """True when any slot is not at rest in STOPPED."""
+        return any(w.state is not ProcessState.STOPPED for w in self.workers)
+
+    def live_workers(self) -> list[Worker]:
+        """Workers whose process has not exited."""
+        return [w for w in self.workers if w.alive]
+
+    def stoppable_workers(self) -> list[Worker]:
+        """Workers with a process that is starting or running (not already stopping)."""
+        return [w for w in self.workers if w.pid is not None and w.state in STOPPABLE_STATES]
+
+    def record_entries(self) -> list[Entry]:
+        """The takeover record's entries: each live worker's process group and stop timeout."""
+        return [Entry(w.proc.pid, w.config.stop_timeout_s) for w in self.workers if w.proc is not None and w.alive]
+
+    def unspawned(self) -> list[str]:
+        """`NAME#I: why` for each slot whose last spawn failed."""
+        return [f"{w.name}: {w.last_error}" for w in self.workers if w.pid is None and w.last_error]
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The status rows of the program's workers, by index."""
+        return [w.snapshot() for w in sorted(self.workers, key=lambda w: (w.index, w.started_at))]
+
+    # -- operations ---------------------------------------------------------------------------
 
     def _new_worker(self, index: int, config: ProgramConfig | None = None) -> Worker:
-        return Worker(config or self.config, index, self.logfile, self.on_change)
+        return Worker(config or self._config, index, self.logfile, self.events, self.spawner, self.clock)
 
     def start(self) -> None:
         """Start every slot (creating numprocs of them); return once each has been spawned."""
-        while len(self.workers) < self.config.numprocs:
+        while len(self.workers) < self._config.numprocs:
             self.workers.append(self._new_worker(len(self.workers)))
         gevent.joinall([gevent.spawn(w.start) for w in self.workers])
 
@@ -54,7 +108,7 @@ class Program:
             batch = [w for w in self.workers if w.proc is not None]
 
     def halt(self) -> None:
-        """From now on start no new worker (the master is stopping); then stop."""
+        """From now on start no new worker (the master is stopping)."""
         self.halted = True
 
     def kill(self) -> None:
@@ -66,6 +120,7 @@ class Program:
         """Set the number of slots now: new ones start, the highest-indexed ones stop gracefully."""
         if numprocs < 0:
             raise ValueError("numprocs must be 0 or more")
+        before = len(self.workers)
         extra = [w for w in self.workers if w.index >= numprocs]
         gevent.joinall([gevent.spawn(w.stop) for w in extra])
         for w in extra:
@@ -75,7 +130,10 @@ class Program:
         self.workers.extend(fresh)
         self.workers.sort(key=lambda w: w.index)
         gevent.joinall([gevent.spawn(w.start) for w in fresh])
-        self.config = _with_numprocs(self.config, numprocs)
+        self._config = replace(self._config, numprocs=numprocs)
+        if self.events is not None and before != numprocs:
+            direction = "up" if numprocs > before else "down"
+            self.events.emit(Event("scaled", self.name, data={"before": before, "after": numprocs, "direction": direction}))
 
     def rolling_restart(self, new_config: ProgramConfig | None = None) -> int:
         """Replace workers one at a time, each replacement up before the old one stops.
@@ -83,7 +141,7 @@ class Program:
         Returns how many workers were replaced; raises RollingError (keeping the old worker)
         when a replacement does not come up.
         """
-        config = new_config or self.config
+        config = new_config or self._config
         replaced = 0
         for old in sorted(self.workers, key=lambda w: w.index):
             if old.index >= config.numprocs:
@@ -96,40 +154,36 @@ class Program:
             if not wait_up(fresh):
                 fresh.stop()
                 self.workers.remove(fresh)
+                if self.halted:  # the stop that began meanwhile ended the replacement
+                    raise RollingError(f"{self.name}: the master is stopping; {replaced} workers were replaced")
                 detail = fresh.last_error or (fresh.last_exit or {}).get("reason") or "no ready report"
                 raise RollingError(f"{fresh.name} did not come up ({detail}); kept the old worker")
             old.stop()
             self.workers.remove(old)
             replaced += 1
         self.workers.sort(key=lambda w: w.index)
-        self.config = config
+        self._config = config
         if len(self.workers) != config.numprocs:
             self.scale(config.numprocs)
         return replaced
 
     def reconfigure(self, config: ProgramConfig) -> None:
         """Take a new config while no worker runs: the next start follows it (numprocs too)."""
-        self.config = config
+        self._config = config
         self.workers = [w for w in self.workers if w.index < config.numprocs]
         for w in self.workers:
-            w.program = config
+            w.configure(config)
 
     def adopt(self, config: ProgramConfig) -> None:
         """Take a new config that differs only in numprocs: scale, leave every other worker alone."""
         for w in self.workers:
-            w.program = config
+            w.configure(config)
+        self._config = config
         self.scale(config.numprocs)
-        self.config = config
 
 
 def wait_up(worker: Worker, timeout_s: float | None = None) -> bool:
     """Wait until the worker is up (ready reported, or startsecs passed) or gives up."""
-    limit = timeout_s if timeout_s is not None else max(worker.program.startsecs_s, MIN_UPTIME_S) + 60.0
+    limit = timeout_s if timeout_s is not None else Rules.of(worker.config).started_after_s + UP_TIMEOUT_S
     gevent.wait([worker.up, worker.at_rest], timeout=limit, count=1)
     return worker.up.is_set() and worker.state in (ProcessState.STARTING, ProcessState.RUNNING)
-
-
-def _with_numprocs(config: ProgramConfig, numprocs: int) -> ProgramConfig:
-    from dataclasses import replace
-
-    return replace(config, numprocs=numprocs)

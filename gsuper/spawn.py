@@ -12,11 +12,17 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from collections.abc import Callable
 
 import gevent
 import gevent.event
 
+from gsuper import runners
+from gsuper.config import ProgramConfig
+from gsuper.logs import PipeReader
+
 SETPRIV = shutil.which("setpriv")
+STATUS_LINE_MAX = 65536  # a status report longer than this without a newline is cut
 # Dispositions reset in the child: what the master handles, and what Python ignores (SIGPIPE,
 # SIGXFSZ), which an exec would otherwise pass on as "ignored".
 _RESET = (
@@ -72,3 +78,58 @@ def spawn(argv: list[str], env: dict[str, str], cwd: str, output_fd: int, keep_f
         os.chdir(previous)
         os.set_inheritable(keep_fd, False)
     return Child(pid)
+
+
+class WorkerProcess:
+    """A spawned worker: its :class:`Child` and the readers of its output and status pipes."""
+
+    def __init__(self, child: Child, output: PipeReader, status: PipeReader) -> None:
+        self.child = child
+        self.pid = child.pid
+        self._output = output
+        self._status = status
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process is gone (-N: killed by signal N), else None."""
+        return self.child.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit status, waiting cooperatively up to `timeout` (None: still running)."""
+        return self.child.wait(timeout)
+
+    def drain(self, timeout_s: float) -> None:
+        """After the exit: let the status reader take the runner's last report (its exit reason)."""
+        self._status.eof.wait(timeout=timeout_s)
+
+    def signal_group(self, sig: int) -> None:
+        """Send `sig` to the process group the worker leads. Raises OSError (ESRCH: gone)."""
+        os.killpg(self.pid, sig)
+
+
+def launch_worker(
+    config: ProgramConfig,
+    index: int,
+    max_request: int,
+    on_output: Callable[[bytes], None],
+    on_reports: Callable[[bytes], None],
+) -> WorkerProcess:
+    """The real spawner of a worker slot: pipes, argv and environment, the process, the readers.
+
+    Raises OSError (with the reason) when the process cannot be started.
+    """
+    status_r, status_w = os.pipe()
+    out_r, out_w = os.pipe()
+    for fd in (status_r, out_r):
+        os.set_blocking(fd, False)
+    argv = runners.argv_for(config)
+    try:
+        child = spawn(argv, runners.env_for(config, index, status_w, max_request), config.directory, out_w, status_w)
+    except OSError:
+        for fd in (status_r, out_r):
+            os.close(fd)
+        raise
+    finally:
+        os.close(status_w)
+        os.close(out_w)
+    return WorkerProcess(child, PipeReader(out_r, on_output), PipeReader(status_r, on_reports, STATUS_LINE_MAX))

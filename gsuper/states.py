@@ -38,10 +38,15 @@ TRANSITIONS: dict[ProcessState, frozenset[ProcessState]] = {
     S.FATAL: frozenset({S.STARTING, S.STOPPED}),
 }
 
-#: States in which the slot has a live process.
-RUNNING_STATES = frozenset({S.STARTING, S.RUNNING, S.STOPPING})
-#: States in which a stop signal can be sent to the process.
-SIGNALLABLE_STATES = frozenset({S.STARTING, S.RUNNING})
+# The groups are named for what they mean here. supervisor's RUNNING_STATES and
+# SIGNALLABLE_STATES hold other members; reusing those names would mislead its users.
+
+#: States in which the slot has a live process (status shows its pid, uptime and RSS).
+LIVE_STATES = frozenset({S.STARTING, S.RUNNING, S.STOPPING})
+#: States in which the slot's process may be asked to stop, recycled or killed.
+STOPPABLE_STATES = frozenset({S.STARTING, S.RUNNING})
+#: The same groups by name, for code that sees states as text (the CLI, over the socket).
+LIVE_STATE_NAMES = frozenset(s.value for s in LIVE_STATES)
 
 
 class TransitionError(RuntimeError):

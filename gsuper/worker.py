@@ -1,8 +1,14 @@
-"""One worker slot: spawn, read the status pipe, wait, and decide restart, backoff or FATAL.
+"""One worker slot: spawn, read the status reports, wait, and apply the restart policy.
 
 Each slot runs one greenlet (:meth:`Worker._run`) that blocks on its child's exit (a libev
-child watcher, see :mod:`gsuper.spawn`): a death is seen at once, with no polling loop. Every
-change of state goes through :meth:`_transition`, which checks the table in :mod:`gsuper.states`.
+child watcher, see :mod:`gsuper.spawn`): a death is seen at once, with no polling loop. What to
+do after an exit is decided by the pure :func:`gsuper.policy.decide`; this module applies it.
+Every change of state goes through :meth:`Worker._transition`, which checks the table in
+:mod:`gsuper.states` and emits a `state` event.
+
+Two seams make the slot testable in-process (tests/test_worker.py): the *spawner* (the real one
+is :func:`gsuper.spawn.launch_worker`) and the *clock* (:class:`RealClock`), through which every
+timed wait goes.
 """
 
 from __future__ import annotations
@@ -10,43 +16,78 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 import random
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import gevent
 import gevent.event
 
 from gsuper import runners
 from gsuper.config import ProgramConfig
-from gsuper.logs import LogFile, PipeReader, output_to_log
-from gsuper.spawn import Child, spawn
-from gsuper.states import RUNNING_STATES, SIGNALLABLE_STATES, ProcessState, check_transition
+from gsuper.events import Event, EventStream
+from gsuper.logs import LogFile, output_to_log
+from gsuper.policy import Action, Decision, Exit, ExitReason, Rules, decide
+from gsuper.spawn import launch_worker
+from gsuper.states import LIVE_STATES, STOPPABLE_STATES, ProcessState, check_transition
 
 S = ProcessState
 log = logging.getLogger("gsuper")
 
-BACKOFF_FIRST_S = 0.1
-BACKOFF_MAX_S = 10.0
-MIN_UPTIME_S = 1.0
-STATUS_LINE_MAX = 65536
-CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGFPE, signal.SIGILL}
 REPORTING_RUNNERS = ("php", "python")  # they report ready after their bootstrap
+DRAIN_S = 0.2  # how long an exit waits for the runner's last report to be read
 
 
-def backoff_delay(failures: int) -> float:
-    """Seconds to wait after `failures` failed starts in a row: 0.1 s doubling, capped at 10 s."""
-    return float(min(BACKOFF_FIRST_S * 2 ** max(failures - 1, 0), BACKOFF_MAX_S))
+class Process(Protocol):
+    """What a spawner returns: a live worker process."""
+
+    pid: int
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once gone, else None."""
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit status, waiting up to `timeout` (None: still running)."""
+
+    def drain(self, timeout_s: float) -> None:
+        """After the exit, let the last status report arrive."""
+
+    def signal_group(self, sig: int) -> None:
+        """Signal the process group the worker leads (raises OSError)."""
 
 
-def exit_reason(code: int) -> str:
-    """The status reason of an exit the worker did not explain itself."""
-    if code < 0:
-        return "crashed" if -code in CRASH_SIGNALS else "killed"
-    return "crashed" if code else "exited"
+#: spawner(config, index, max_request, on_output, on_reports) -> Process; raises OSError.
+Spawner = Callable[[ProgramConfig, int, int, Callable[[bytes], None], Callable[[bytes], None]], Process]
+
+
+class Clock(Protocol):
+    """The time source of a slot, and its timed waits."""
+
+    def now(self) -> float:
+        """Monotonic seconds."""
+
+    def wait(self, event: gevent.event.Event, timeout: float | None) -> bool:
+        """Wait for the event up to `timeout` seconds; True when it is set."""
+
+
+class RealClock:
+    """`time.monotonic` and gevent's own timed waits."""
+
+    @staticmethod
+    def now() -> float:
+        """Monotonic seconds."""
+        return time.monotonic()
+
+    @staticmethod
+    def wait(event: gevent.event.Event, timeout: float | None) -> bool:
+        """Wait cooperatively for the event."""
+        return bool(event.wait(timeout))
+
+
+REAL_CLOCK = RealClock()
 
 
 class Worker:
@@ -54,17 +95,21 @@ class Worker:
 
     def __init__(
         self,
-        program: ProgramConfig,
+        config: ProgramConfig,
         index: int,
         logfile: LogFile,
-        on_change: Callable[[Worker], None] | None = None,
+        events: EventStream | None = None,
+        spawner: Spawner = launch_worker,
+        clock: Clock = REAL_CLOCK,
     ) -> None:
-        self.program = program
+        self.config = config
         self.index = index
         self.logfile = logfile
-        self.on_change = on_change
+        self.events = events
+        self.spawner = spawner
+        self.clock = clock
         self.state = S.STOPPED
-        self.proc: Child | None = None
+        self.proc: Process | None = None
         self.pid: int | None = None
         self.started_at = 0.0
         self.restarts = 0
@@ -80,19 +125,26 @@ class Worker:
         self._wake = gevent.event.Event()
         self._wanted = False
         self._stopping = False
-        self._recycle_reason: str | None = None
+        self._recycle_reason: ExitReason | None = None
         self._reported_exit: str | None = None
         self._failures = 0
         self._loop: gevent.Greenlet | None = None
-        self._status_reader: PipeReader | None = None
-        self._output_reader: PipeReader | None = None
 
     # -- public operations ------------------------------------------------------------------
 
     @property
     def name(self) -> str:
         """`program#index`, as in logs and process titles."""
-        return f"{self.program.name}#{self.index}"
+        return f"{self.config.name}#{self.index}"
+
+    @property
+    def alive(self) -> bool:
+        """True while the slot has a process that has not exited."""
+        return self.proc is not None and self.proc.returncode is None
+
+    def configure(self, config: ProgramConfig) -> None:
+        """Take a new configuration for the next spawn (the live process is left alone)."""
+        self.config = config
 
     def start(self) -> None:
         """Start the slot's run loop (if at rest) and return once its first spawn was tried."""
@@ -112,10 +164,10 @@ class Worker:
         self._wanted = False
         self._wake.set()
         proc = self.proc
-        if proc is not None and self.state in SIGNALLABLE_STATES:
-            timeout = self.program.stop_timeout_s if timeout_s is None else timeout_s
+        if proc is not None and self.state in STOPPABLE_STATES:
+            timeout = self.config.stop_timeout_s if timeout_s is None else timeout_s
             self._stopping = True
-            self.stop_deadline = time.monotonic() + timeout
+            self.stop_deadline = self.clock.now() + timeout
             self._transition(S.STOPPING)
             self._terminate(proc, timeout)
         self.at_rest.wait()
@@ -126,37 +178,41 @@ class Worker:
         """SIGKILL the whole process group at once (forced exit); the loop ends without restart."""
         self._wanted = False
         self._wake.set()
-        if self.proc is not None and self.state in SIGNALLABLE_STATES:
+        if self.proc is not None and self.state in STOPPABLE_STATES:
             self._stopping = True
             self._transition(S.STOPPING)
         self._signal(signal.SIGKILL)
 
-    def recycle(self, reason: str) -> None:
+    def recycle(self, reason: ExitReason) -> None:
         """Replace the live process gracefully (e.g. over memory_limit); respawned at once."""
         proc = self.proc
-        if proc is None or self.state not in SIGNALLABLE_STATES or self._recycle_reason or self._stopping:
+        if proc is None or self.state not in STOPPABLE_STATES or self._recycle_reason or self._stopping:
             return
         self._recycle_reason = reason
-        log.info("%s (pid %s): recycling (%s)", self.name, proc.pid, reason)
-        gevent.spawn(self._terminate, proc, self.program.stop_timeout_s)
+        log.info("%s (pid %s): recycling (%s)", self.name, proc.pid, reason.value)
+        gevent.spawn(self._terminate, proc, self.config.stop_timeout_s)
+
+    def observe_rss(self, rss_bytes: int) -> None:
+        """Record a memory sample of the worker's process tree."""
+        self.rss_bytes = rss_bytes
 
     def snapshot(self) -> dict[str, Any]:
         """The worker's row in `status --json`."""
-        alive = self.state in RUNNING_STATES and self.pid is not None
+        alive = self.state in LIVE_STATES and self.pid is not None
+        now = self.clock.now()
+        stopping = self.state is S.STOPPING and self.stop_deadline is not None
         return {
-            "program": self.program.name,
+            "program": self.config.name,
             "index": self.index,
             "pid": self.pid if alive else None,
             "state": self.state.value,
-            "uptime_s": round(time.monotonic() - self.started_at, 3) if alive else 0.0,
+            "uptime_s": round(now - self.started_at, 3) if alive else 0.0,
             "restarts": self.restarts,
             "requests": self.requests,
             "rss_bytes": self.rss_bytes if alive else None,
             "last_exit": self.last_exit,
             "last_error": self.last_error,
-            "stop_in_s": round(max(0.0, self.stop_deadline - time.monotonic()), 1)
-            if self.state is S.STOPPING and self.stop_deadline
-            else None,
+            "stop_in_s": round(max(0.0, (self.stop_deadline or now) - now), 1) if stopping else None,
         }
 
     # -- the run loop -------------------------------------------------------------------------
@@ -165,8 +221,8 @@ class Worker:
         try:
             while self._wanted:
                 self._transition(S.STARTING)
-                code = self._spawn_and_wait()
-                if not self._after_exit(code):
+                exit = self._spawn_and_wait()
+                if not self._apply(exit):
                     break
         except Exception:  # noqa: BLE001 - a bug in one slot must not take the master down
             log.exception("%s: supervision loop failed", self.name)
@@ -176,126 +232,105 @@ class Worker:
             self._loop = None
             self.spawned.set()
             self.at_rest.set()
-            self._notify()
 
-    def _spawn_and_wait(self) -> int | None:
-        """Spawn one process and wait for it to exit; None when it could not be spawned."""
+    def _spawn_and_wait(self) -> Exit:
+        """Spawn one process and wait for it to exit; the facts of that exit."""
         proc = self._spawn()
         self.spawned.set()
         if proc is None:
-            return None
-        if proc.wait(self.program.startsecs_s) is None:
+            return Exit(None)
+        if proc.wait(self.config.startsecs_s) is None:
             self._startsecs_passed()
         code = proc.wait()
         assert code is not None
-        # The runner's last report (its exit reason) is already in the pipe: let the reader take it.
-        if self._status_reader is not None:
-            self._status_reader.eof.wait(timeout=0.2)
+        proc.drain(DRAIN_S)
         # Orphans of the worker left in its group go with it.
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.signal_group(signal.SIGKILL)
         except OSError:
             pass
-        return int(code)
+        return Exit(int(code), self.clock.now() - self.started_at, self._stopping, self._recycle_reason, self._reported_exit)
 
-    def _spawn(self) -> Child | None:
-        program = self.program
+    def _spawn(self) -> Process | None:
+        config = self.config
         self._reported_exit = None
         self._recycle_reason = None
         self.up.clear()
-        max_request = program.max_request
-        if max_request and program.max_request_jitter:
-            max_request += random.randint(0, program.max_request_jitter)
-        status_r, status_w = os.pipe()
-        out_r, out_w = os.pipe()
-        for fd in (status_r, out_r):
-            os.set_blocking(fd, False)
-        argv = runners.argv_for(program)
+        max_request = config.max_request
+        if max_request and config.max_request_jitter:
+            max_request += random.randint(0, config.max_request_jitter)
         try:
-            proc = spawn(argv, runners.env_for(program, self.index, status_w, max_request), program.directory, out_w, status_w)
+            proc = self.spawner(config, self.index, max_request, output_to_log(self.index, self.logfile), self._on_reports)
         except OSError as exc:
-            for fd in (status_r, out_r):
-                os.close(fd)
-            self.last_error = f"cannot start {argv[0]}: {exc.strerror}"
+            self.last_error = f"cannot start {runners.argv_for(config)[0]}: {exc.strerror}"
             log.error("%s: %s", self.name, self.last_error)
             return None
-        finally:
-            os.close(status_w)
-            os.close(out_w)
         self.proc, self.pid = proc, proc.pid
-        self.started_at = time.monotonic()
-        if program.runner != "exec" or program.mode != "loop":
+        self.started_at = self.clock.now()
+        if not Rules.of(config).loop_runs:
             self.requests = 0
         self.rss_bytes = None
-        self._output_reader = PipeReader(out_r, output_to_log(self.index, self.logfile))
-        self._status_reader = PipeReader(status_r, self._on_reports, STATUS_LINE_MAX)
         log.debug("%s: spawned pid %d", self.name, proc.pid)
-        self._notify()
+        self._emit("started")
         return proc
 
-    def _after_exit(self, code: int | None) -> bool:
-        """Apply the restart policy to an exit; return True to spawn again."""
-        program = self.program
-        uptime = time.monotonic() - self.started_at if code is not None else 0.0
-        reason = self._classify(code)
-        self.last_exit = {"reason": reason, "code": code}
-        if code is not None:
-            log.info("%s (pid %s) exited: %s, code %s, after %.2fs", self.name, self.pid, reason, code, uptime)
-            if code in (126, 127) and uptime < MIN_UPTIME_S:  # the exec itself failed (see the program's log)
-                self.last_error = f"could not execute {runners.argv_for(program)[0]} (exit {code})"
+    def _apply(self, exit: Exit) -> bool:
+        """Record an exit and apply the policy's decision; return True to spawn again."""
+        rules = Rules.of(self.config)
+        decision = decide(exit, rules, self._failures)
+        self._failures = decision.failures
+        self._record_exit(exit, decision)
         self.stop_deadline = None
-        if self._stopping:
+        if exit.stopping:
             self._transition(S.STOPPED)
             return False
-        loop_run = program.runner == "exec" and program.mode == "loop" and code == 0
-        if reason in ("max_request", "memory_limit") or loop_run:
-            # A recycle or one finished run of a loop-mode command: respawn at once, no failure.
+        if decision.action is Action.RESPAWN:
             self._transition(S.EXITED)
-            self._failures = 0
-            if loop_run:  # the next run is the next request, not a restart
+            if decision.loop_run:  # the next run is the next request, not a restart
                 self.requests += 1
-                self._wake.wait(program.usleep_us / 1e6)
-            return self._respawn_if_wanted(counted=not loop_run)
-        expected = code in program.exitcodes
-        restart = program.autorestart == "true" or (program.autorestart == "unexpected" and not expected)
-        if uptime >= max(program.startsecs_s, MIN_UPTIME_S):
-            self._transition(S.EXITED)
-            self._failures = 0
-            if not restart:
-                self._wanted = False
-                return False
-            return self._respawn_if_wanted()
-        if not restart and expected:
+                self.clock.wait(self._wake, decision.delay_s)
+            return self._respawn_if_wanted(decision.counted)
+        if decision.action is Action.REST:
             self._transition(S.EXITED)
             self._wanted = False
             return False
-        # Died too soon: a failed start.
-        self._failures += 1
+        # A failed start: BACKOFF, then a retry or FATAL.
         if self.state is S.RUNNING:  # startsecs < 1 had already promoted it
             self._transition(S.EXITED)
         self._transition(S.BACKOFF)
-        if self._failures > program.startretries:
-            window = max(program.startsecs_s, MIN_UPTIME_S)
-            self.last_error = self.last_error or f"exited {self._failures} times within {window}s of starting"
-            log.error("%s: FATAL after %d failed starts in a row", self.name, self._failures)
+        if decision.action is Action.FATAL:
+            self.last_error = self.last_error or f"exited {decision.failures} times within {rules.started_after_s}s of starting"
+            log.error("%s: FATAL after %d failed starts in a row", self.name, decision.failures)
             self._transition(S.FATAL)
             self._wanted = False
             return False
-        delay = backoff_delay(self._failures)
-        log.info("%s: failed start %d of %d, retry in %.1fs", self.name, self._failures, program.startretries + 1, delay)
+        log.info(
+            "%s: failed start %d of %d, retry in %.1fs", self.name, decision.failures, rules.startretries + 1, decision.delay_s
+        )
         self._wake.clear()
-        self._wake.wait(delay)
+        self.clock.wait(self._wake, decision.delay_s)
         if not self._wanted:
             self._transition(S.STOPPED)
             return False
         self.restarts += 1
         return True
 
+    def _record_exit(self, exit: Exit, decision: Decision) -> None:
+        reason = decision.reason.value
+        self.last_exit = {"reason": reason, "code": exit.code}
+        if exit.code is None:
+            return
+        log.info("%s (pid %s) exited: %s, code %s, after %.2fs", self.name, self.pid, reason, exit.code, exit.uptime_s)
+        if exit.code in (126, 127) and exit.uptime_s < Rules.of(self.config).started_after_s:
+            # The exec itself failed (the program's log has the shell's or setpriv's words).
+            self.last_error = f"could not execute {runners.argv_for(self.config)[0]} (exit {exit.code})"
+        self._emit("exit", reason=reason, code=exit.code, data={"uptime_s": round(exit.uptime_s, 3)})
+
     def _startsecs_passed(self) -> None:
         if self.state is S.STARTING:
             self._transition(S.RUNNING)
             # A runner that reports is up at its ready report (after its bootstrap), not before.
-            if self.program.runner not in REPORTING_RUNNERS:
+            if self.config.runner not in REPORTING_RUNNERS:
                 self.up.set()
 
     def _respawn_if_wanted(self, counted: bool = True) -> bool:
@@ -305,22 +340,11 @@ class Worker:
         self.restarts += counted
         return True
 
-    def _classify(self, code: int | None) -> str:
-        if code is None:
-            return "crashed"
-        if self._stopping:
-            return "stopped"
-        if self._recycle_reason:
-            return self._recycle_reason
-        if code == 0 and self._reported_exit in ("max_request", "memory_limit"):
-            return self._reported_exit
-        return exit_reason(code)
-
     # -- helpers ------------------------------------------------------------------------------
 
-    def _terminate(self, proc: Child, timeout: float) -> None:
+    def _terminate(self, proc: Process, timeout: float) -> None:
         """stopsignal to the group; SIGKILL to the group if the process is still there after timeout."""
-        self._signal(self.program.stopsignal)
+        self._signal(self.config.stopsignal)
         if proc.wait(timeout) is None:
             log.warning("%s (pid %s) did not stop within %.1fs: SIGKILL to its group", self.name, proc.pid, timeout)
             self._signal(signal.SIGKILL)
@@ -330,7 +354,7 @@ class Worker:
         if proc is None or proc.returncode is not None:
             return
         try:
-            os.killpg(proc.pid, sig)
+            proc.signal_group(sig)
         except OSError as exc:
             if exc.errno != errno.ESRCH:
                 log.warning("%s: cannot signal group %s: %s", self.name, proc.pid, exc.strerror)
@@ -348,8 +372,7 @@ class Worker:
             log.debug("%s: ignored status line %r", self.name, line[:200])
             return
         if kind == "request":
-            if isinstance(event.get("requests"), int):
-                self.requests = event["requests"]
+            self._count_requests(event)
         elif kind == "ready":
             self.up.set()
             if self.state is S.STARTING:  # serving already: RUNNING without waiting for startsecs
@@ -358,21 +381,33 @@ class Worker:
             self.last_error = str(event.get("message", ""))[:500]
         elif kind == "exit":
             self._reported_exit = str(event.get("reason"))
-            if isinstance(event.get("requests"), int):
-                self.requests = event["requests"]
+            self._count_requests(event)
             if self._reported_exit == "bootstrap":
                 self.last_error = "bootstrap failed: " + str(event.get("message", "see the program's log"))
+
+    def _count_requests(self, event: dict[str, Any]) -> None:
+        requests = event.get("requests")
+        if not isinstance(requests, int) or isinstance(requests, bool):
+            return
+        done = requests - self.requests
+        self.requests = requests
+        if done > 0:
+            ms = event.get("ms")
+            data: dict[str, Any] = {"done": done, "requests": requests}
+            if isinstance(ms, (int, float)) and not isinstance(ms, bool):
+                data["ms"] = float(ms)
+            self._emit("request", data=data)
 
     def _transition(self, new: ProcessState) -> None:
         check_transition(self.state, new)
         log.debug("%s: %s -> %s", self.name, self.state.value, new.value)
-        self.state = new
-        self._notify()
+        old, self.state = self.state, new
+        self._emit("state", state=new.value, data={"from": old.value})
 
     def _force_state(self, new: ProcessState) -> None:
-        self.state = new
-        self._notify()
+        old, self.state = self.state, new
+        self._emit("state", state=new.value, data={"from": old.value})
 
-    def _notify(self) -> None:
-        if self.on_change is not None:
-            self.on_change(self)
+    def _emit(self, kind: str, **fields: Any) -> None:
+        if self.events is not None:
+            self.events.emit(Event(kind, self.config.name, self.index, self.pid, **fields))
