@@ -134,6 +134,7 @@ def test_autorestart_false_and_unexpected(gs):
     assert picky[0]["restarts"] == 0 and picky[1]["last_exit"]["code"] == 5
 
 
+@pytest.mark.timing
 @pytest.mark.skipif(PHP is None, reason="php-cli is not installed")
 def test_stop_waits_for_the_request_in_progress(gs):
     # A PHP worker whose 2-second request may not be cut: TERM is blocked while it runs.
@@ -201,6 +202,7 @@ def test_worker_ignoring_term_is_killed_with_its_children(gs):
     assert "did not stop within 1.0s: SIGKILL" in gs.log()
 
 
+@pytest.mark.timing
 def test_exit_kills_everything_at_once(gs):
     gs.file("stubborn.sh", "trap '' TERM\nsleep 1000 &\nwhile true; do sleep 1; done\n")
     gs.write(f"""
@@ -282,6 +284,7 @@ def test_signals_to_the_master(gs):
     assert not alive(pid)
 
 
+@pytest.mark.timing
 def test_noisy_worker_never_blocks_the_master(gs):
     gs.file(
         "noisy.py",

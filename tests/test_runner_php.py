@@ -241,6 +241,7 @@ def test_sigterm_lets_the_request_in_progress_finish(start: Callable[..., PhpWor
     assert worker.exit_event == {"event": "exit", "reason": "stopped", "requests": 1}
 
 
+@pytest.mark.timing
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT])
 @pytest.mark.parametrize("usleep", [5_000_000, 0])
@@ -437,6 +438,7 @@ def test_process_title(start: Callable[..., PhpWorker]) -> None:
     assert worker.wait_exit() == 0
 
 
+@pytest.mark.timing
 @pytest.mark.timeout(60)
 def test_usleep_keeps_an_empty_loop_off_the_cpu(start: Callable[..., PhpWorker]) -> None:
     guarded = start(handler="Fixtures\\Jobs\\noop", bootstrap=(HANDLERS,), env={"GSUPER_USLEEP": 1000})

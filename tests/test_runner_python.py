@@ -219,6 +219,7 @@ def test_stop_signal_lets_the_request_finish(py, sig):
     assert out.count("before") == 1  # no request started after the stop
 
 
+@pytest.mark.timing
 @pytest.mark.timeout(60)
 def test_idle_stop_is_quick_even_with_a_long_usleep(py):
     w = py(GSUPER_HANDLER="handlers:count", GSUPER_USLEEP=5_000_000)
@@ -230,6 +231,7 @@ def test_idle_stop_is_quick_even_with_a_long_usleep(py):
     assert w.exit_event() == {"event": "exit", "reason": "stopped", "requests": 1}
 
 
+@pytest.mark.timing
 @pytest.mark.timeout(60)
 def test_stop_during_bootstrap_ends_cleanly(py):
     w = py(GSUPER_HANDLER="handlers:count", GSUPER_BOOTSTRAP="boot_slow.py")
@@ -408,6 +410,7 @@ def test_daemon_mode_runs_the_script_once_and_exits_with_its_status(py):
     assert w.exit_event() == {"event": "exit", "reason": "done", "requests": 1}
 
 
+@pytest.mark.timing
 @pytest.mark.timeout(60)
 def test_daemon_mode_stops_at_once_on_term(py):
     w = py(GSUPER_MODE="daemon", GSUPER_SCRIPT=HELPERS / "daemon_long.py")
@@ -423,6 +426,7 @@ def test_daemon_mode_stops_at_once_on_term(py):
 # --- the status pipe ------------------------------------------------------------------------
 
 
+@pytest.mark.timing
 @pytest.mark.timeout(60)
 def test_usleep_guards_the_cpu(py):
     w = py(GSUPER_HANDLER="handlers:noop", GSUPER_USLEEP=1000)

@@ -135,6 +135,7 @@ def test_master_replaces_an_exec_worker_over_memory_limit(gs):
 EMPTY = {"php": "<?php\n", "python": "pass\n"}
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_usleep_keeps_a_loop_that_never_sleeps_off_the_cpu(gs, runner):
     ext = EXT[runner]

@@ -17,7 +17,7 @@
  *
  * Exit codes: 0 a clean end (max_request, memory_limit, stopped, done); 70 a failed request
  * with on_error=exit; 78 the worker could not start (bad bootstrap, handler or settings);
- * 255 a PHP fatal error. Status events: ready, request, error, exit (see DESIGN.md).
+ * 255 a PHP fatal error. Status events: ready, request, error, exit (see docs/runners.md).
  */
 
 declare(strict_types=1);

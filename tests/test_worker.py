@@ -1,0 +1,170 @@
+"""Worker and Program in-process (fast tier): a scripted child on a virtual clock, no process.
+
+What the real-process suites (test_core, test_operations) show through bin/gsuper, shown here
+at the level of the slot, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import gevent
+import pytest
+from fakes import FakeClock, FakeSpawner, Life, NullLog, program_config
+
+from gsuper.events import Event, EventStream
+from gsuper.program import Program, RollingError
+from gsuper.worker import Worker
+
+
+def until(condition: Any, what: str, steps: int = 2000) -> None:
+    """Let the hub run until `condition()` holds (bounded, in hub turns, not in time)."""
+    for _ in range(steps):
+        if condition():
+            return
+        gevent.sleep(0)
+    pytest.fail(f"never happened: {what}")
+
+
+def make(*lives: Life, fail: Any = None, **config: Any) -> tuple[Worker, FakeSpawner, FakeClock, list[Event]]:
+    clock = FakeClock()
+    spawner = FakeSpawner(clock, *lives, fail=fail)
+    events = EventStream()
+    seen: list[Event] = []
+    events.subscribe(seen.append)
+    worker = Worker(program_config(**config), 0, NullLog(), events, spawner, clock)  # type: ignore[arg-type]
+    return worker, spawner, clock, seen
+
+
+def states(seen: list[Event]) -> list[str]:
+    return [e.state for e in seen if e.kind == "state"]  # type: ignore[misc]
+
+
+def test_a_crash_after_startsecs_respawns_at_once() -> None:
+    w, spawner, clock, seen = make(Life(for_s=5.0, code=-signal.SIGKILL), Life())
+    w.start()
+    until(lambda: len(spawner.spawned) == 2 and w.state.value == "RUNNING", "the respawn")
+    assert spawner.spawned[1].born == pytest.approx(spawner.spawned[0].born + 5.0)  # no delay at all
+    assert w.restarts == 1 and w.last_exit == {"reason": "killed", "code": -signal.SIGKILL}
+    assert states(seen) == ["STARTING", "RUNNING", "EXITED", "STARTING", "RUNNING"]
+    exits = [e for e in seen if e.kind == "exit"]
+    assert [(e.reason, e.code, e.pid) for e in exits] == [("killed", -signal.SIGKILL, spawner.spawned[0].pid)]
+    w.stop()
+    assert w.state.value == "STOPPED"
+
+
+def test_quick_deaths_back_off_doubling_then_fatal() -> None:
+    w, spawner, clock, seen = make(Life(for_s=0.05, code=1))
+    w.start()
+    until(lambda: w.state.value == "FATAL", "FATAL")
+    births = [p.born for p in spawner.spawned]
+    gaps = [round(b - a - 0.05, 3) for a, b in zip(births, births[1:])]
+    assert gaps == [0.1, 0.2, 0.4]  # the first start and 3 retries, then FATAL
+    assert w.last_error == "exited 4 times within 1.0s of starting"
+    assert states(seen)[-2:] == ["BACKOFF", "FATAL"]
+    w.stop()
+    assert w.state.value == "STOPPED"
+
+
+def test_a_recycle_reported_by_the_runner_is_at_once_and_no_failure() -> None:
+    recycle = Life(for_s=0.01, code=0, reports=[{"event": "exit", "reason": "max_request", "requests": 7}])
+    w, spawner, _clock, seen = make(recycle, recycle, recycle, recycle, recycle, Life(), runner="php", mode="loop")
+    w.start()
+    until(lambda: len(spawner.spawned) == 6, "five recycles")
+    assert w.state.value in ("STARTING", "RUNNING") and w.last_exit == {"reason": "max_request", "code": 0}
+    assert "BACKOFF" not in states(seen)
+    assert sum(e.data["done"] for e in seen if e.kind == "request") == 35
+    w.stop()
+
+
+def test_stop_sends_stopsignal_then_kill_after_the_timeout() -> None:
+    w, spawner, _clock, _seen = make(Life(on_term=0), stopsignal=signal.SIGQUIT)
+    w.start()
+    w.stop()
+    assert spawner.spawned[0].signals[0] == signal.SIGQUIT
+    assert w.state.value == "STOPPED" and w.last_exit == {"reason": "stopped", "code": 0}
+
+
+def test_memory_recycle_by_the_master_respawns_at_once() -> None:
+    from gsuper.policy import ExitReason
+
+    w, spawner, _clock, seen = make(Life(on_term=0), Life())
+    w.start()
+    until(lambda: w.state.value == "STARTING", "started")
+    w.recycle(ExitReason.MEMORY_LIMIT)
+    until(lambda: len(spawner.spawned) == 2, "the replacement")
+    assert w.last_exit == {"reason": "memory_limit", "code": 0}
+    assert "BACKOFF" not in states(seen)
+    w.stop()
+
+
+def test_a_spawn_that_fails_is_a_failed_start_with_the_reason() -> None:
+    w, spawner, _clock, _seen = make(fail=lambda n: n <= 2)
+    w.start()
+    until(lambda: len(spawner.spawned) == 1, "the third try spawned")
+    assert spawner.calls == 3 and w.restarts == 2
+    assert w.last_error is not None and "Too many open files" in w.last_error
+    w.stop()
+
+
+def test_a_loop_mode_command_counts_runs_as_requests() -> None:
+    w, spawner, _clock, _seen = make(Life(for_s=0.001, code=0), mode="loop", usleep_us=500_000)
+    w.start()
+    until(lambda: len(spawner.spawned) >= 4, "four runs")
+    w.stop()
+    births = [p.born for p in spawner.spawned]
+    assert [round(b - a, 3) for a, b in zip(births, births[1:])][:3] == [0.501, 0.501, 0.501]
+    assert w.requests >= 3 and w.restarts == 0
+
+
+# -- Program ---------------------------------------------------------------------------------
+
+
+def make_program(*lives: Life, **config: Any) -> tuple[Program, FakeSpawner, list[Event]]:
+    clock = FakeClock()
+    spawner = FakeSpawner(clock, *lives)
+    events = EventStream()
+    seen: list[Event] = []
+    events.subscribe(seen.append)
+    return Program(program_config(**config), NullLog(), events, spawner, clock), spawner, seen  # type: ignore[arg-type]
+
+
+def test_scale_up_and_down_keeps_the_others() -> None:
+    program, spawner, seen = make_program(numprocs=2)
+    program.start()
+    first = {w.index: w.pid for w in program.workers}
+    program.scale(4)
+    assert [w.index for w in program.workers] == [0, 1, 2, 3] and program.config.numprocs == 4
+    program.scale(1)
+    assert [(w.index, w.pid) for w in program.workers] == [(0, first[0])]
+    assert [e.data["direction"] for e in seen if e.kind == "scaled"] == ["up", "down"]
+    # The stopped ones were asked to stop (the KILL after the exit is for what they left in their group).
+    assert spawner.spawned[1].signals == [signal.SIGTERM, signal.SIGKILL]
+    program.stop()
+    assert not program.is_running()
+
+
+def test_rolling_restart_replaces_each_worker_after_its_replacement_is_up() -> None:
+    ready = Life(reports=[{"event": "ready"}])
+    program, spawner, _seen = make_program(ready, numprocs=3, runner="php", mode="loop")
+    program.start()
+    old = [w.pid for w in program.workers]
+    assert program.rolling_restart() == 3
+    assert len(program.workers) == 3 and not {w.pid for w in program.workers} & set(old)
+    # Each old worker got its TERM only after the next replacement was spawned.
+    order = [p.pid for p in spawner.spawned]
+    assert order[:3] == old
+    program.stop()
+
+
+def test_rolling_restart_keeps_the_old_worker_when_the_replacement_fails() -> None:
+    ready = Life(reports=[{"event": "ready"}])
+    broken = Life(for_s=0.01, code=1)
+    program, _spawner, _seen = make_program(ready, broken, numprocs=1, runner="php", mode="loop", startretries=0)
+    program.start()
+    old = program.workers[0]
+    with pytest.raises(RollingError, match="did not come up"):
+        program.rolling_restart()
+    assert program.workers == [old] and old.state.value in ("STARTING", "RUNNING")
+    program.stop()
