@@ -23,7 +23,9 @@ Results are printed as a table and written as JSON to bench/results/.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +43,7 @@ from _common import (  # noqa: E402
     BIN,
     PHP,
     PHP_BIN,
+    ROOT,
     Sweeper,
     children,
     cmdline,
@@ -55,6 +58,7 @@ from _common import (  # noqa: E402
     read_pidfile,
     rss_bytes,
     state,
+    wait_until,
     write_results,
 )
 
@@ -116,10 +120,13 @@ def ensure_supervisor() -> Path:
 class System:
     name = ""
 
-    def __init__(self, d: Path, workers: int) -> None:
+    def __init__(self, d: Path, workers: int, command: str | None = None) -> None:
         self.dir = d
         self.workers = workers
         self.sleeper = str(d / "sleeper.php")
+        # The big rows run `sleep` workers instead of PHP ones (cheap to have 1,000 of).
+        self.command = command or f"{PHP} {self.sleeper}"
+        self.match = b"sleeper.php" if command is None else command.split()[-1].encode()
 
     def start_cmd(self) -> list[str]:
         raise NotImplementedError
@@ -140,14 +147,18 @@ class System:
         raise NotImplementedError
 
     def php_children(self, master: int) -> set[int]:
-        return {p for p in children(master) if b"sleeper.php" in cmdline(p)}
+        return {p for p in children(master) if self.match in cmdline(p)}
 
 
 class Gsuper(System):
     name = "gsuper"
 
-    def __init__(self, d: Path, workers: int) -> None:
-        super().__init__(d, workers)
+    def __init__(
+        self, d: Path, workers: int, bin_path: str = BIN, name: str = "gsuper", command: str | None = None, extra: str = ""
+    ) -> None:
+        super().__init__(d, workers, command)
+        self.bin = bin_path
+        self.name = name
         self.config = d / "gsuper.ini"
         self.config.write_text(
             textwrap.dedent(f"""\
@@ -156,16 +167,17 @@ class Gsuper(System):
             logdir = log
 
             [program:sleeper]
-            command = {PHP} {self.sleeper}
+            command = {self.command}
             numprocs = {workers}
             startsecs = 1
             autorestart = true
             stop_timeout = 10
             """)
+            + extra
         )
 
     def cli(self, *args: str) -> list[str]:
-        return [sys.executable, BIN, *args, "-c", str(self.config)]
+        return [sys.executable, self.bin, *args, "-c", str(self.config)]
 
     def start_cmd(self) -> list[str]:
         return self.cli("-s", "start")
@@ -177,11 +189,11 @@ class Gsuper(System):
         return read_pidfile(self.dir / "run" / "gsuper.pid")
 
     def version_cmd(self) -> list[str]:
-        return [sys.executable, BIN, "--version"]
+        return [sys.executable, self.bin, "--version"]
 
     def version(self) -> str:
-        out = subprocess.run([sys.executable, BIN, "--version"], capture_output=True, text=True, timeout=30)
-        return out.stdout.strip()
+        out = subprocess.run(self.version_cmd(), capture_output=True, text=True, timeout=30)
+        return f"{self.name}: {out.stdout.strip()}"
 
     def cleanup(self) -> None:
         pid = self.master_pid()
@@ -195,8 +207,8 @@ class Gsuper(System):
 class Supervisor(System):
     name = "supervisor"
 
-    def __init__(self, d: Path, workers: int, venv_bin: Path) -> None:
-        super().__init__(d, workers)
+    def __init__(self, d: Path, workers: int, venv_bin: Path, command: str | None = None) -> None:
+        super().__init__(d, workers, command)
         self.bin = venv_bin
         self.config = d / "supervisord.conf"
         (d / "logs").mkdir()
@@ -211,6 +223,7 @@ class Supervisor(System):
             childlogdir = {d}/logs
             loglevel = info
             nodaemon = false
+            minfds = 16384
 
             [rpcinterface:supervisor]
             supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
@@ -219,15 +232,15 @@ class Supervisor(System):
             serverurl = unix://{d}/supervisor.sock
 
             [program:sleeper]
-            command = {PHP} {self.sleeper}
+            command = {self.command}
             numprocs = {workers}
-            process_name = %(program_name)s_%(process_num)02d
+            process_name = %(program_name)s_%(process_num)04d
             startsecs = 1
             autorestart = true
             stopsignal = TERM
             stopwaitsecs = 10
             redirect_stderr = true
-            stdout_logfile = {d}/logs/%(program_name)s_%(process_num)02d.log
+            stdout_logfile = {d}/logs/%(program_name)s_%(process_num)04d.log
             """)
         )
 
@@ -268,6 +281,94 @@ class Supervisor(System):
                         os.kill(k, signal.SIGKILL)
                     except OSError:
                         pass
+
+
+PM2_DIR = BENCH / ".pm2"
+
+
+def ensure_pm2() -> Path | None:
+    """PM2 from the npm registry into bench/.pm2 (gitignored); None when node or npm is missing."""
+    pm2 = PM2_DIR / "node_modules" / "pm2" / "bin" / "pm2"
+    if pm2.exists():
+        return pm2
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        log("node or npm is not installed: PM2 skipped")
+        return None
+    log(f"installing pm2 from the npm registry into {PM2_DIR}")
+    PM2_DIR.mkdir(exist_ok=True)
+    subprocess.run(
+        [npm, "install", "--prefix", str(PM2_DIR), "--no-audit", "--no-fund", "--loglevel", "error", "pm2"],
+        check=True,
+        timeout=600,
+        stdout=subprocess.DEVNULL,
+    )
+    return pm2
+
+
+class Pm2(System):
+    """PM2 in fork mode: one app per worker (PM2's `instances` is for Node's cluster mode),
+    each `php sleeper.php` with autorestart, min_uptime 1 s and kill_timeout 10 s."""
+
+    name = "pm2"
+
+    def __init__(self, d: Path, workers: int, pm2: Path) -> None:
+        super().__init__(d, workers)
+        self.pm2 = pm2
+        self.home = d / "pm2home"
+        self.home.mkdir()
+        apps = [
+            {
+                "name": f"sleeper-{i}",
+                "script": self.sleeper,
+                "interpreter": PHP,
+                "exec_mode": "fork",
+                "autorestart": True,
+                "min_uptime": 1000,
+                "kill_timeout": 10000,
+                "cwd": str(d),
+            }
+            for i in range(workers)
+        ]
+        self.config = d / "ecosystem.config.js"
+        self.config.write_text("module.exports = " + json.dumps({"apps": apps}) + ";\n")
+        os.environ["PM2_HOME"] = str(self.home)  # every pm2 command of this run, and its daemon
+
+    def cmd(self, *args: str) -> list[str]:
+        return ["node", str(self.pm2), *args]
+
+    def start_cmd(self) -> list[str]:
+        return self.cmd("start", str(self.config))
+
+    def stop_cmd(self) -> list[str]:
+        return self.cmd("stop", "all")
+
+    def master_pid(self) -> int | None:
+        return read_pidfile(self.home / "pm2.pid")
+
+    def version_cmd(self) -> list[str]:
+        return self.cmd("--version")
+
+    def version(self) -> str:
+        out = subprocess.run(self.version_cmd(), capture_output=True, text=True, timeout=60)
+        return "pm2 " + out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "pm2"
+
+    def cleanup(self) -> None:
+        try:
+            subprocess.run(self.cmd("kill"), capture_output=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        os.environ.pop("PM2_HOME", None)
+
+
+def checkout(rev: str, into: Path) -> Path:
+    """A detached worktree of this repository at `rev` (for a gsuper-vs-gsuper column)."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(into), rev], check=True, capture_output=True)
+    return into
+
+
+def drop_checkout(path: Path) -> None:
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True)
 
 
 # -- baselines ---------------------------------------------------------------------------------------
@@ -501,7 +602,9 @@ def nn(values: list[float | None]) -> list[float]:
     return [v for v in values if v is not None]
 
 
-def summarize(base: dict[str, Any], g: dict[str, Any] | None, s: dict[str, Any] | None, n: int) -> list[list[str]]:
+def summarize(base: dict[str, Any], systems: list[tuple[str, dict[str, Any] | None]], n: int) -> list[list[str]]:
+    """One row per metric: the baseline, each system, gsuper against the baseline and against
+    each other system, the target (for gsuper, the first system) and whether it was met."""
     rows: list[list[str]] = []
 
     def get(d: dict[str, Any] | None, *path: str) -> Any:
@@ -511,130 +614,171 @@ def summarize(base: dict[str, Any], g: dict[str, Any] | None, s: dict[str, Any] 
             d = d.get(key)
         return d
 
-    def resp(d: dict[str, Any] | None, key: str, p: float) -> float | None:
-        vals = get(d, "respawn", key)
-        return pct(nn(vals), p) if vals else None
+    def resp(key: str, p: float) -> Any:
+        def pick(d: dict[str, Any] | None) -> float | None:
+            vals = get(d, "respawn", key)
+            return pct(nn(vals), p) if vals else None
 
-    def storm(d: dict[str, Any] | None, key: str) -> float | None:
-        vals = [x.get(key) for x in (get(d, "storms") or [])]
-        return median(nn(vals)) if vals else None
+        return pick
 
-    def row(metric: str, b: float | None, gv: float | None, sv: float | None, unit: str, target: str, met: bool | None) -> None:
+    def storm(key: str) -> Any:
+        def pick(d: dict[str, Any] | None) -> float | None:
+            vals = [x.get(key) for x in (get(d, "storms") or [])]
+            return median(nn(vals)) if vals else None
+
+        return pick
+
+    def path(*keys: str) -> Any:
+        return lambda d: get(d, *keys)
+
+    def row(metric: str, b: float | None, pick: Any, unit: str, target: str = "-", ok: Any = None) -> None:
+        values = [pick(d) for _, d in systems]
+        g = values[0]
+        met = None if ok is None or g is None else ok(g)
         rows.append(
             [
                 metric,
                 fmt(b, unit),
-                fmt(gv, unit),
-                fmt(sv, unit),
-                ratio(gv, b),
-                ratio(gv, sv),
+                *(fmt(v, unit) for v in values),
+                ratio(g, b),
+                *(ratio(g, v) for v in values[1:]),
                 target,
                 "-" if met is None else ("yes" if met else "NO"),
             ]
         )
 
-    def failures(d: dict[str, Any] | None, key: str) -> str:
-        vals = get(d, "respawn", key) or []
+    def failures(key: str) -> str:
+        vals = get(systems[0][1], "respawn", key) or []
         missing = sum(1 for v in vals if v is None)
         return f" ({missing} timed out)" if missing else ""
 
     bp50, bp99 = pct(base["php_start_s"], 50), pct(base["php_start_s"], 99)
     for key, label in (("running_s", "PHP code running"), ("execd_s", "php exec'd")):
-        g50, g99 = resp(g, key, 50), resp(g, key, 99)
-        row(f"respawn p50: kill -9 -> {label}{failures(g, key)}", bp50, g50, resp(s, key, 50), "ms", "-", None)
+        row(f"respawn p50: kill -9 -> {label}{failures(key)}", bp50, resp(key, 50), "ms")
+        limit = None if bp99 is None else bp99 + 0.010
         row(
             f"respawn p99: kill -9 -> {label}",
             bp99,
-            g99,
-            resp(s, key, 99),
+            resp(key, 99),
             "ms",
-            f"<= base+10ms ({fmt(None if bp99 is None else bp99 + 0.010, 'ms')})",
-            None if g99 is None or bp99 is None else g99 <= bp99 + 0.010,
+            f"<= base+10ms ({fmt(limit, 'ms')})",
+            None if limit is None else (lambda g, limit=limit: g <= limit),
         )
     bulk = median(nn(base["bulk"]))
-    gs, ss = get(g, "start", "all_running_s"), get(s, "start", "all_running_s")
-    row(
-        f"start -> all {n} running (from command)",
-        bulk,
-        gs,
-        ss,
-        "s",
-        "<= 1.3x base",
-        None if gs is None or bulk is None else gs <= 1.3 * bulk,
-    )
-    gf, sf = get(g, "start", "first_running_s"), get(s, "start", "first_running_s")
-    row(
-        "  of which first worker -> last worker",
-        bulk,
-        None if gs is None or gf is None else gs - gf,
-        None if ss is None or sf is None else ss - sf,
-        "s",
-        "-",
-        None,
-    )
-    row(
-        "  start command returned",
-        None,
-        get(g, "start", "command_returned_s"),
-        get(s, "start", "command_returned_s"),
-        "s",
-        "-",
-        None,
-    )
-    gst, sst = storm(g, "all_running_s"), storm(s, "all_running_s")
-    row(
-        f"kill storm of {n} -> all running (median)",
-        bulk,
-        gst,
-        sst,
-        "s",
-        "<= 1.3x base",
-        None if gst is None or bulk is None else gst <= 1.3 * bulk,
-    )
-    row(f"kill storm of {n} -> all php exec'd", None, storm(g, "all_execd_s"), storm(s, "all_execd_s"), "s", "-", None)
-    grss, srss = get(g, "rss_bytes"), get(s, "rss_bytes")
+    within = None if bulk is None else (lambda g: g <= 1.3 * bulk)
+    row(f"start -> all {n} running (from command)", bulk, path("start", "all_running_s"), "s", "<= 1.3x base", within)
+
+    def spread(d: dict[str, Any] | None) -> float | None:
+        last, first = get(d, "start", "all_running_s"), get(d, "start", "first_running_s")
+        return None if last is None or first is None else last - first
+
+    row("  of which first worker -> last worker", bulk, spread, "s")
+    row("  start command returned", None, path("start", "command_returned_s"), "s")
+    row(f"kill storm of {n} -> all running (median)", bulk, storm("all_running_s"), "s", "<= 1.3x base", within)
+    row(f"kill storm of {n} -> all php exec'd", None, storm("all_execd_s"), "s")
+    others = [v for v in (get(d, "rss_bytes") for name, d in systems if name == "supervisor") if v is not None]
     row(
         f"master RSS with {n} workers",
         None,
-        grss,
-        srss,
+        path("rss_bytes"),
         "MiB",
         "<= supervisord",
-        None if grss is None or srss is None else grss <= srss,
+        (lambda g: g <= others[0]) if others else None,
     )
-    gcpu, scpu = get(g, "idle_cpu_percent"), get(s, "idle_cpu_percent")
-    row("master idle CPU (% of a core)", None, gcpu, scpu, "%", "~0 (< 1 %)", None if gcpu is None else gcpu < 1.0)
-    gstop, sstop = get(g, "stop", "all_exited_s"), get(s, "stop", "all_exited_s")
-    row(f"graceful stop: command -> all {n} exited", None, gstop, sstop, "s", "< 0.2 s", None if gstop is None else gstop < 0.2)
-    gfirst, sfirst = get(g, "stop", "first_exited_s"), get(s, "stop", "first_exited_s")
-    row(
-        "  of which first exit -> last exit",
-        None,
-        None if gstop is None or gfirst is None else gstop - gfirst,
-        None if sstop is None or sfirst is None else sstop - sfirst,
-        "s",
-        "-",
-        None,
-    )
-    row("  stop command -> first worker exited", None, gfirst, sfirst, "s", "-", None)
-    row(
-        "  stop command returned",
-        None,
-        get(g, "stop", "command_returned_s"),
-        get(s, "stop", "command_returned_s"),
-        "s",
-        "-",
-        None,
-    )
-    row(
-        "command-line program start (--version)",
-        base.get("python_start_s"),
-        get(g, "cli_start_s"),
-        get(s, "cli_start_s"),
-        "s",
-        "-",
-        None,
-    )
+    row("master idle CPU (% of a core)", None, path("idle_cpu_percent"), "%", "~0 (< 1 %)", lambda g: g < 1.0)
+    row(f"graceful stop: command -> all {n} exited", None, path("stop", "all_exited_s"), "s", "< 0.2 s", lambda g: g < 0.2)
+
+    def stop_spread(d: dict[str, Any] | None) -> float | None:
+        last, first = get(d, "stop", "all_exited_s"), get(d, "stop", "first_exited_s")
+        return None if last is None or first is None else last - first
+
+    row("  of which first exit -> last exit", None, stop_spread, "s")
+    row("  stop command -> first worker exited", None, path("stop", "first_exited_s"), "s")
+    row("  stop command returned", None, path("stop", "command_returned_s"), "s")
+    row("command-line program start (--version)", base.get("python_start_s"), path("cli_start_s"), "s")
+    return rows
+
+
+def status_time(sysm: System) -> float | None:
+    """Median of 5 status commands (`gsuper -s status --json`, `supervisorctl status`)."""
+    if isinstance(sysm, Gsuper):
+        argv = sysm.cli("-s", "status", "--json")
+    elif isinstance(sysm, Supervisor):
+        argv = sysm.ctl("status")
+    else:
+        return None
+    return median([timed(argv) for _ in range(5)])
+
+
+def run_big(sysm: System, idle_s: float) -> dict[str, Any]:
+    """The 1,000-worker rows: start, idle CPU (gsuper sampling memory every second), status time,
+    a kill storm, master RSS; with `sleep` workers."""
+    res: dict[str, Any] = {"cli_start_s": median([timed(sysm.version_cmd()) for _ in range(5)])}
+    try:
+        t0 = now()
+        subprocess.run(sysm.start_cmd(), capture_output=True, timeout=BULK_TIMEOUT_S, cwd=sysm.dir, check=True)
+        wait_until(lambda: sysm.master_pid() is not None, 10)  # supervisord writes it after returning
+        master = sysm.master_pid()
+        if master is None:
+            raise RuntimeError(f"{sysm.name}: no master pid after start")
+        res["all_running_s"] = wait_until(lambda: len(sysm.php_children(master)) >= sysm.workers, BULK_TIMEOUT_S)
+        if res["all_running_s"] is not None:
+            res["all_running_s"] -= t0
+        time.sleep(SETTLE_S)
+        log(f"{sysm.name}: {len(sysm.php_children(master))} workers; idle CPU over {idle_s}s")
+        res["idle_cpu_percent"] = measure_idle_cpu(master, idle_s)
+        res["status_s"] = status_time(sysm)
+        res["storm_s"] = measure_storm_count(sysm, master)
+        time.sleep(SETTLE_S)
+        res["rss_bytes"] = rss_bytes(master)
+    except Exception as exc:  # noqa: BLE001 - report what we have; the run goes on
+        res["error"] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    finally:
+        sysm.cleanup()
+    return res
+
+
+def measure_storm_count(sysm: System, master: int) -> float | None:
+    """SIGKILL every worker at once; seconds until as many new ones run (counted, no marker)."""
+    old = sysm.php_children(master)
+    t0 = now()
+    for p in old:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+    seen = wait_until(lambda: len(sysm.php_children(master) - old) >= len(old), BULK_TIMEOUT_S, 0.005)
+    return None if seen is None else seen - t0
+
+
+def summarize_big(systems: list[tuple[str, dict[str, Any]]], n: int, python_start: float | None) -> list[list[str]]:
+    rows = []
+    for key, label, unit, target, ok in (
+        ("all_running_s", f"start -> all {n} sleep workers running", "s", "-", None),
+        ("storm_s", f"kill storm of {n} -> all back", "s", "-", None),
+        ("idle_cpu_percent", "master idle CPU (gsuper samples memory every 1 s)", "%", "<= 1 %", lambda g: g <= 1.0),
+        ("rss_bytes", f"master RSS with {n} workers", "MiB", "<= 30 MiB", lambda g: g <= 30 * 2**20),
+        ("status_s", "status command (gsuper: --json)", "s", "<= 1.3x --version", None),
+        ("cli_start_s", "command-line program start (--version)", "s", "-", None),
+    ):
+        values = [d.get(key) for _, d in systems]
+        g = values[0]
+        if key == "status_s" and g is not None and systems[0][1].get("cli_start_s"):
+            met: bool | None = g <= 1.3 * systems[0][1]["cli_start_s"]
+        else:
+            met = None if ok is None or g is None else ok(g)
+        base = python_start if key == "cli_start_s" else None
+        rows.append(
+            [
+                label,
+                fmt(base, unit),
+                *(fmt(v, unit) for v in values),
+                *(ratio(g, v) for v in values[1:]),
+                target,
+                "-" if met is None else ("yes" if met else "NO"),
+            ]
+        )
     return rows
 
 
@@ -646,7 +790,10 @@ def main() -> int:
     ap.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measurement (default 5)")
     ap.add_argument("--gap", type=float, default=0.1, help="seconds between two single kills (default 0.1)")
     ap.add_argument("--baseline-samples", type=int, default=50, help="bare php -r '' starts (default 50)")
-    ap.add_argument("--skip-supervisor", action="store_true", help="measure gsuper and the baselines only")
+    ap.add_argument("--skip-supervisor", action="store_true", help="measure without supervisor")
+    ap.add_argument("--skip-pm2", action="store_true", help="measure without PM2")
+    ap.add_argument("--compare", metavar="REV", help="also measure gsuper at this git revision (a column of its own)")
+    ap.add_argument("--big", type=int, default=1000, help="workers of the big rows, `sleep` workers (default 1000; 0: skip)")
     args = ap.parse_args()
     if PHP is None:
         print("php-cli is not installed; nothing to measure", file=sys.stderr)
@@ -655,8 +802,11 @@ def main() -> int:
     sweeper = Sweeper()
     data: dict[str, Any] = {"benchmark": "supervise", "machine": machine_info(), "args": vars(args)}
     venv_bin = None if args.skip_supervisor else ensure_supervisor()
+    pm2 = None if args.skip_pm2 else ensure_pm2()
+    names: list[str] = ["gsuper"]
     with tempfile.TemporaryDirectory(prefix="gsuper-bench-") as tmp:
         base_dir = Path(tmp)
+        other = checkout(args.compare, base_dir / "compare") if args.compare else None
         try:
             log(f"baseline: {args.baseline_samples} x php -r ''")
             baseline_php_start(3)  # warm the page cache
@@ -672,34 +822,57 @@ def main() -> int:
                 base["bulk_forked"].append(out["all_forked_s"])
                 time.sleep(0.3)
             data["baseline"] = base
-            g = Gsuper(make_dir(base_dir, "gsuper"), n)
-            data["gsuper"] = run_system(g, args)
-            sweeper.sweep(grace=1.0)
+            systems: list[System] = [Gsuper(make_dir(base_dir, "gsuper"), n)]
+            if other is not None:
+                label = f"gsuper@{args.compare}"
+                systems.append(Gsuper(make_dir(base_dir, "gsuper-compare"), n, str(other / "bin" / "gsuper"), label))
             if venv_bin is not None:
-                s = Supervisor(make_dir(base_dir, "supervisor"), n, venv_bin)
-                data["supervisor"] = run_system(s, args)
+                systems.append(Supervisor(make_dir(base_dir, "supervisor"), n, venv_bin))
+            if pm2 is not None:
+                systems.append(Pm2(make_dir(base_dir, "pm2"), n, pm2))
+            for sysm in systems:
+                data[sysm.name] = run_system(sysm, args)
                 sweeper.sweep(grace=1.0)
+            names = [sysm.name for sysm in systems]
+            if args.big:
+                big: list[System] = [
+                    Gsuper(make_dir(base_dir, "big-gsuper"), args.big, command="sleep 100000", extra="memory_limit = 512M\n")
+                ]
+                if venv_bin is not None:
+                    big.append(Supervisor(make_dir(base_dir, "big-supervisor"), args.big, venv_bin, command="sleep 100000"))
+                data["big"] = {}
+                for sysm in big:
+                    log(f"{sysm.name}: {args.big} sleep workers")
+                    data["big"][sysm.name] = run_big(sysm, args.idle)
+                    sweeper.sweep(grace=1.0)
         finally:
             sweeper.sweep(grace=2.0)
+            if other is not None:
+                drop_checkout(other)
 
     print()
-    print(
-        f"gsuper vs supervisor, {n} PHP workers, {os.cpu_count()} cores, load at start "
-        f"{data['machine']['loadavg_at_start'][0]:.2f}; {data['gsuper'].get('version', '')}; "
-        f"{(data.get('supervisor') or {}).get('version', 'supervisor skipped')}"
-    )
+    versions = "; ".join(str((data.get(name) or {}).get("version", "")) for name in names)
+    print(f"{n} PHP workers, {os.cpu_count()} cores, load at start {data['machine']['loadavg_at_start'][0]:.2f}; {versions}")
     print(
         f"baseline: bare `php -r ''` spawn+exit ({args.baseline_samples} runs) for respawn rows; "
         f"{n} `php sleeper.php` started from one process until all run (median of {args.rounds}) for start/storm rows"
     )
-    rows = summarize(data["baseline"], data.get("gsuper"), data.get("supervisor"), n)
-    data["table"] = print_table(
-        ["metric", "baseline", "gsuper", "supervisor", "gsuper/baseline", "gsuper/supervisor", "target (gsuper)", "met"], rows
-    )
-    for name in ("gsuper", "supervisor"):
+    rows = summarize(data["baseline"], [(name, data.get(name)) for name in names], n)
+    headers = ["metric", "baseline", *names, "gsuper/baseline", *(f"gsuper/{x}" for x in names[1:]), "target (gsuper)", "met"]
+    data["table"] = print_table(headers, rows)
+    for name in names:
         if (data.get(name) or {}).get("error"):
             print(f"{name}: ERROR during measurement: {data[name]['error']}")
     print(f"(p99 of {args.kills} samples is close to their maximum)")
+    if data.get("big"):
+        big_names = list(data["big"])
+        print(f"\n{args.big} `sleep` workers (gsuper with memory_limit set, so it samples every worker each second)")
+        big_rows = summarize_big([(x, data["big"][x]) for x in big_names], args.big, data["baseline"]["python_start_s"])
+        big_headers = ["metric", "python -c pass", *big_names, *(f"gsuper/{x}" for x in big_names[1:]), "target", "met"]
+        data["big_table"] = print_table(big_headers, big_rows)
+        for name in big_names:
+            if data["big"][name].get("error"):
+                print(f"{name} (big): ERROR during measurement: {data['big'][name]['error']}")
     write_results("supervise", data)
     return 0
 

@@ -213,7 +213,8 @@ def cmd_start(args: dict[str, Any]) -> int:
 
 
 def _start_daemon(cfg: config.GsuperConfig, only: list[str] | None, master_cls: Any) -> int:
-    msg = daemon.start_daemon(os.path.join(cfg.logdir, "gsuper.log"), master_cls(cfg, only).run)
+    # The master is made in the daemon, after the fork: its hub and start time are the daemon's.
+    msg = daemon.start_daemon(os.path.join(cfg.logdir, "gsuper.log"), lambda notify: master_cls(cfg, only).run(notify))
     if msg is None:
         raise Fail(f"the master died while starting; see {os.path.join(cfg.logdir, 'gsuper.log')}")
     if not msg["ok"]:

@@ -37,6 +37,7 @@ log = logging.getLogger("gsuper")
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1)
 RECORD_DELAY_S = 0.05  # changes within this time share one rewrite of the takeover record
+STATUS_RSS_MAX_AGE_S = 1.0  # status shows RSS samples up to this old
 
 Notify = Callable[[dict[str, Any]], None]
 
@@ -67,6 +68,7 @@ class Master:
         self._done = gevent.event.Event()
         self._record_pending = False
         self._busy = False  # a reload or rolling restart is being applied
+        self._sampled_at = float("-inf")  # when status last sampled every live worker's RSS
         self._created = psutil.Process().create_time()
         self.events.subscribe(self._on_event)
 
@@ -216,10 +218,17 @@ class Master:
     # -- what the control commands ask --------------------------------------------------------
 
     def status(self, names: list[str] | None = None, with_rss: bool = True) -> dict[str, Any]:
-        """Master and worker rows; RSS sampled now for every live worker tree (unless not asked)."""
+        """Master and worker rows, from the master's own state.
+
+        RSS is each worker's last sample. When the last sample of every live worker is older than
+        STATUS_RSS_MAX_AGE_S, one is taken first; requests arriving together share it, so a flood
+        of status requests costs one pass over /proc, not one each (`with_rss=False`: none).
+        """
         chosen = [self.programs[n] for n in (names if names is not None else list(self.programs))]
-        if with_rss:
-            sample_rss(w for p in chosen for w in p.live_workers())
+        now = time.monotonic()
+        if with_rss and now - self._sampled_at > STATUS_RSS_MAX_AGE_S:
+            sample_rss(w for p in self.programs.values() for w in p.live_workers())
+            self._sampled_at = time.monotonic()
         rows = sorted((row for p in chosen for row in p.snapshot()), key=lambda r: (r["program"], r["index"]))
         return {
             "master": {
