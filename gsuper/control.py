@@ -9,14 +9,11 @@ disturb the master. Connections from other users are refused (peer credentials).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import struct
 from collections.abc import Callable
 from typing import Any
-
-log = logging.getLogger("gsuper")
 
 MAX_REQUEST_BYTES = 1 << 20
 READ_TIMEOUT_S = 5.0
@@ -88,6 +85,9 @@ class ControlServer:
             pass
 
     def _handle(self, sock: Any, _address: Any) -> None:
+        import logging  # the master's side only: the CLI starts faster without it
+
+        log = logging.getLogger("gsuper")
         try:
             uid = _peer_uid(sock)
             if uid not in (0, os.geteuid()):

@@ -3,6 +3,7 @@ process carrying that token is still alive when it ends (gsuper masters, workers
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -110,6 +111,24 @@ class Gsuper:
         if check and proc.returncode != 0:
             pytest.fail(f"gsuper {' '.join(args)} exited {proc.returncode}: {proc.stderr}{proc.stdout}")
         return proc
+
+    @contextlib.contextmanager
+    def popen(self, *args: str) -> Iterator[subprocess.Popen[str]]:
+        """`bin/gsuper ARGS -c CONFIG` running beside the test (text pipes for stdout and
+        stderr); however the block ends, the process is killed if still running, and reaped."""
+        argv = [sys.executable, BIN, *args]
+        if "-c" not in args and args and args[0] == "-s":
+            argv += ["-c", str(self.config)]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.root)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
 
     def start(self, *extra: str) -> subprocess.CompletedProcess[str]:
         """`-s start`, which must succeed."""

@@ -370,23 +370,13 @@ def test_default_config_is_gsuper_ini_in_the_current_folder(gs):
 
 def test_foreground_master(gs):
     gs.write(SLEEPER.replace("numprocs = 3", "numprocs = 1"))
-    proc = subprocess.Popen(
-        [sys.executable, BIN, "-s", "start", "--foreground", "-c", str(gs.config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with gs.popen("-s", "start", "--foreground") as proc:
         assert "sleeper: 1 worker started" in proc.stdout.readline()
         pid = gs.wait_workers("sleeper")[0]["pid"]
         proc.send_signal(signal.SIGINT)
         assert proc.wait(15) == 0
         assert not alive(pid)
         assert "received SIGINT" in proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_a_broken_file_does_not_lock_out_its_running_master(gs):

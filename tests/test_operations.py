@@ -4,7 +4,6 @@ rolling restart, scale, tail across rotation, and stop with progress."""
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -12,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from conftest import BIN, ROOT, alive, wait_for
+from conftest import ROOT, alive, wait_for
 
 sys.path.insert(0, str(ROOT))
 from gsuper import control  # noqa: E402
@@ -522,35 +521,31 @@ def test_tail_follows_across_rotation(gs):
     gs.start()
     log = gs.root / "log" / "counter.log"
     wait_for(lambda: "line 20 " in gs.log("counter"), what="some lines")
-    tail = subprocess.Popen(
-        [PY, BIN, "-s", "tail", "-c", str(gs.config), "-p", "counter", "-n", "5", "-f"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    seen = []
+    with gs.popen("-s", "tail", "-p", "counter", "-n", "5", "-f") as tail:
+        seen = []
 
-    def read():
-        for line in tail.stdout:
-            seen.append(line)
+        def read():
+            for line in tail.stdout:
+                seen.append(line)
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        wait_for(lambda: len(seen) >= 5, what="the last lines")
-        inode = wait_for(lambda: inode_of(log), what="the log")
-        wait_for(lambda: inode_of(log) not in (None, inode), 20, what="a rotation")
-        after = int(re.search(r"line (\d+)", wait_for(lambda: first_line(log), what="a new line")).group(1))
-        wait_for(lambda: any(f"line {after} " in ln for ln in list(seen)), 10, what="a line written after the rotation")
-        wait_for(lambda: any(f"line {after + 30} " in ln for ln in list(seen)), 10, what="more lines after it")
-        assert tail.poll() is None
-    finally:
-        os.kill(tail.pid, signal.SIGTERM)
-        tail.wait(10)
-        reader.join(10)
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            wait_for(lambda: len(seen) >= 5, what="the last lines")
+            inode = wait_for(lambda: inode_of(log), what="the log")
+            wait_for(lambda: inode_of(log) not in (None, inode), 20, what="a rotation")
+            after = int(re.search(r"line (\d+)", wait_for(lambda: first_line(log), what="a new line")).group(1))
+            wait_for(lambda: any(f"line {after} " in ln for ln in list(seen)), 10, what="a line written after the rotation")
+            wait_for(lambda: any(f"line {after + 30} " in ln for ln in list(seen)), 10, what="more lines after it")
+            assert tail.poll() is None
+        finally:
+            os.kill(tail.pid, signal.SIGTERM)
+            tail.wait(10)
+            reader.join(10)
+        err = tail.stderr.read()
     numbers = [int(m.group(1)) for ln in seen if (m := re.search(r"line (\d+) ", ln))]
     assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), "lines lost or repeated by tail -f"
-    assert "Traceback" not in tail.stderr.read()
+    assert "Traceback" not in err
 
 
 # -- stop with progress ----------------------------------------------------------------------
@@ -593,17 +588,12 @@ def test_stop_shows_progress_on_a_pipe(gs):
 
     gs.run("-s", "start", "-p", "slowstop", check=True)
     gs.wait_workers("slowstop")
-    stop = subprocess.Popen([PY, BIN, "-s", "stop", "-c", str(gs.config)], stdout=subprocess.PIPE, text=True)
-    try:
+    with gs.popen("-s", "stop") as stop:
         wait_for(lambda: gs.workers("laggard")[0]["state"] == "STOPPING", what="the stop under way")
         # While the master stops, nothing new is started.
         for args in (["scale", "slowstop=3"], ["restart", "--rolling"]):
             one_error_line(gs.run("-s", *args), 1, "the master is stopping")
         out, _ = stop.communicate(timeout=30)
-    finally:
-        if stop.poll() is None:
-            os.kill(stop.pid, signal.SIGKILL)
-            stop.wait()
     assert stop.returncode == 0
     lines = out.splitlines()
     assert lines[0] == "stopping: 3 workers left" and lines[-1] == "stopped", out
@@ -627,20 +617,10 @@ def test_stop_during_a_rolling_restart_starts_no_more_replacements(gs):
     """)
     gs.start()
     gs.wait_workers("rolling", timeout=20)
-    rolling = subprocess.Popen(
-        [sys.executable, BIN, "-s", "restart", "--rolling", "-c", str(gs.config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with gs.popen("-s", "restart", "--rolling") as rolling:
         wait_for(lambda: any(w["state"] == "STOPPING" for w in gs.workers("rolling")), 15, "the first old worker stopping")
         gs.run("-s", "stop", check=True)
         _out, err = rolling.communicate(timeout=30)
-    finally:
-        if rolling.poll() is None:
-            rolling.kill()
-            rolling.wait()
     assert not gs.running()
     boots = (gs.root / "boots.txt").read_text().split()
     assert len(boots) == 4, f"replacements started after the stop began: {boots}"
