@@ -23,9 +23,7 @@ class IncludeError(ValueError):
     """An include that cannot be followed; the text is one sentence naming the file."""
 
 
-def gather(
-    path: str, parse: Callable[[str], Any], split: Callable[[str], str]
-) -> tuple[Any, dict[str, str], list[str]]:
+def gather(path: str, parse: Callable[[str], Any], split: Callable[[str], str]) -> tuple[Any, dict[str, str], list[str]]:
     """Parse the main file and every file it includes, merged into the main file's ConfigObj.
 
     `parse(path)` reads one file into a ConfigObj (raising the caller's own error); `split`
