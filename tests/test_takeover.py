@@ -181,6 +181,25 @@ def test_include_reload_sees_added_and_removed_files(gs):
     gs.run("-s", "stop", check=True)
 
 
+def test_included_sections_expand_here_to_their_own_folder(gs):
+    gs.file(
+        "conf.d/x.ini",
+        """
+        [program:x]
+        command = sh -c 'echo "here=%(here)s pwd=$(pwd)"; exec sleep 30'
+        directory = %(here)s
+        logfile = log/x.log
+        startsecs = 0
+        """,
+    )
+    gs.write("[include]\nfiles = %(here)s/conf.d/*.ini\n")
+    gs.start()
+    conf_d = gs.root / "conf.d"
+    # %(here)s is the included file's folder; a relative logfile is relative to the main file's.
+    wait_for(lambda: f"here={conf_d} pwd={conf_d}" in gs.log("x"), what="the included program's line")
+    gs.run("-s", "stop", check=True)
+
+
 def test_include_that_matches_nothing_is_a_warning(gs):
     gs.write("[include]\nfiles = conf.d/*.conf\n[program:a]\ncommand = sleep 1\n")
     proc = gs.run("-s", "check")
@@ -302,16 +321,17 @@ def test_split_logs_rotate_and_reopen(gs):
 
 
 def test_expansions_per_worker(gs, monkeypatch):
-    monkeypatch.setenv("TK_APP", "shop")
+    monkeypatch.setenv("TKA", "shop")
     for i in range(3):
         (gs.root / f"d{i}").mkdir()
     gs.write(
         """
         [program:q]
-        command = sh -c 'echo "%(program_name)s_%(process_num)02d %(ENV_TK_APP)s 100%% %h:%p $(pwd) $W $H"; exec sleep 30'
+        command = sh -c 'echo "%(program_name)s_%(process_num)02d %(ENV_TKA)s 100%% %h:%p $PWD $W $H"; echo e$W >&2; exec sleep 9'
         environment = W=w%(process_num)d, H=%(here)s
         directory = d%(process_num)d
         logfile = log/%(program_name)s-%(process_num)d.log
+        stderr_logfile = log/%(program_name)s-%(process_num)d.err
         numprocs = 3
         startsecs = 0
         """
@@ -320,6 +340,8 @@ def test_expansions_per_worker(gs, monkeypatch):
     for i in range(3):
         want = f"q_{i:02d} shop 100% %h:%p {gs.root / f'd{i}'} w{i} {gs.root}"
         wait_for(lambda i=i, want=want: want in gs.log(f"q-{i}"), what=f"worker {i}'s line")
+        err = gs.root / "log" / f"q-{i}.err"
+        wait_for(lambda i=i, err=err: err.exists() and f"ew{i}" in err.read_text(), what=f"worker {i}'s stderr")
     gs.run("-s", "stop", check=True)
 
 
@@ -374,3 +396,34 @@ def test_names_with_other_characters_are_refused(gs, name):
     proc = gs.run("-s", "check")
     assert proc.returncode == 2
     assert "may hold only letters, digits, _ . -" in one_error_line(proc)
+
+
+# -- the access check, in-process ---------------------------------------------------------------
+
+
+@as_root
+@pytest.mark.parametrize(
+    "folder_mode,file_mode,gid,mode,allowed",
+    [
+        (0o755, 0o644, 4242, os.R_OK, True),
+        (0o700, 0o644, 4242, os.R_OK, False),  # cannot search the folder
+        (0o750, 0o640, 4242, os.R_OK, True),  # through a supplementary group
+        (0o750, 0o640, 4343, os.R_OK, False),
+        (0o755, 0o644, 4242, os.X_OK, False),
+        (0o755, 0o755, 4343, os.X_OK, True),
+    ],
+)
+def test_user_access_check(open_gs, folder_mode, file_mode, gid, mode, allowed):
+    from gsuper.users import User
+
+    folder = open_gs.root / "f"
+    folder.mkdir()
+    path = folder / "file"
+    path.write_text("x")
+    os.chown(folder, 0, 4242)
+    os.chown(path, 0, 4242)
+    folder.chmod(folder_mode)
+    path.chmod(file_mode)
+    user = User("someone", 54321, 54321, frozenset({54321, gid}), "/nonexistent")
+    assert user.can(str(path), mode) is allowed
+    assert User("root", 0, 0, frozenset({0}), "/root").can(str(path), mode)
