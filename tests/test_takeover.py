@@ -427,3 +427,23 @@ def test_user_access_check(open_gs, folder_mode, file_mode, gid, mode, allowed):
     user = User("someone", 54321, 54321, frozenset({54321, gid}), "/nonexistent")
     assert user.can(str(path), mode) is allowed
     assert User("root", 0, 0, frozenset({0}), "/root").can(str(path), mode)
+
+
+@as_root
+def test_non_root_master_may_name_its_own_user(open_gs):
+    gs = open_gs
+    gs.file("drainer.sh", DRAINER, 0o755)
+    gs.write("[program:w]\ncommand = ./drainer.sh\nuser = nobody\nstartsecs = 0\n")
+    gs.root.chmod(0o777)  # the master, as nobody, creates run/ and log/ here
+    as_nobody = ["setpriv", "--reuid", "nobody", "--regid", str(NOBODY.pw_gid), "--clear-groups", sys.executable, BIN]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [*as_nobody, *args, "-c", str(gs.config)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=gs.root)
+
+    assert run("-s", "start").returncode == 0
+    rows = gs.wait_workers("w")
+    assert proc_ids(rows[0]["pid"])["Uid"][0] == NOBODY.pw_uid and rows[0]["user"] == "nobody"
+    wait_for(lambda: "started 0 as nobody" in gs.log("w"), what="the worker's line")
+    assert run("-s", "stop").returncode == 0
+    assert "drained 0" in gs.log("w")
