@@ -362,6 +362,18 @@ def test_expansions_per_worker(gs, monkeypatch):
     gs.run("-s", "stop", check=True)
 
 
+def test_scale_above_numprocs_to_a_missing_per_worker_folder_says_so(gs):
+    (gs.root / "d0").mkdir()
+    gs.write("[program:w]\ncommand = sleep 30\ndirectory = d%(process_num)d\nstartsecs = 0\n")
+    gs.start()
+    gs.wait_workers("w")
+    gs.run("-s", "scale", "w=2")
+    rows = wait_for(lambda: [w for w in gs.workers("w") if w["index"] == 1 and w["last_error"]], what="worker 1's error")
+    assert f"no such folder {gs.root / 'd1'}" in rows[0]["last_error"]
+    assert gs.workers("w")[0]["state"] == "RUNNING"
+    gs.run("-s", "stop", check=True)
+
+
 @pytest.mark.parametrize(
     "line,expected",
     [
