@@ -476,3 +476,15 @@ def test_non_root_master_may_name_its_own_user(open_gs):
     wait_for(lambda: "started 0 as nobody" in gs.log("w"), what="the worker's line")
     assert run("-s", "stop").returncode == 0
     assert "drained 0" in gs.log("w")
+
+
+def test_a_percent_in_the_config_folder_stays_literal(tmp_path):
+    from gsuper import config, runners
+
+    folder = tmp_path / "odd%(name)s%%dir"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "gsuper.ini").write_text("[program:a]\ncommand = sleep 1\n[program:b]\ncommand = sleep 1\ndirectory = sub\n")
+    cfg = config.load(str(folder / "gsuper.ini"))
+    a, b = runners.settings(cfg.programs["a"], 0), runners.settings(cfg.programs["b"], 0)
+    assert (a.directory, a.logfile) == (str(folder), str(folder / "log" / "a.log"))
+    assert b.directory == str(folder / "sub")
