@@ -221,7 +221,7 @@ def _app(imp: Imported, source: str, i: int, app: dict[str, Any], cpu_count: int
         sec.set("memory_limit", _size(app["max_memory_restart"]))
     sec.set("stop_timeout", _ms(app.get("kill_timeout", PM2_KILL_TIMEOUT_MS)))
     if "kill_timeout" not in app:
-        sec.comments.append("stop_timeout = 1.6 is PM2's kill_timeout default, written out (gsuper's default is 10)")
+        sec.comments.append("stop_timeout = 1600ms is PM2's kill_timeout default, written out (gsuper's default is 10)")
     sec.set("startretries", min(1000, int(app.get("max_restarts", PM2_MAX_RESTARTS))))
     if "min_uptime" in app:
         sec.set("startsecs", _ms(app["min_uptime"]))
