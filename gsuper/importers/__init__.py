@@ -187,10 +187,9 @@ def _skipped_line(s: Skipped) -> str:
 
 def render(imp: Imported) -> str:
     """The gsuper.ini text of an import."""
-    out = [
-        _comment(f"Imported by gsuper -s import from {imp.source} ({KINDS[imp.kind]})."),
-        "# Each 'not imported' comment is a setting with no gsuper equivalent, and why.",
-    ]
+    out = [_comment(f"Imported by gsuper -s import from {imp.source} ({KINDS[imp.kind]}).")]
+    if not_imported(imp):
+        out.append("# Each 'not imported' comment is a setting with no gsuper equivalent, and why.")
     for s in imp.skipped:
         out.append(_skipped_line(s))
     for sec in [imp.gsuper, *imp.programs, *imp.groups]:
