@@ -32,13 +32,21 @@ def skipped(sec: importers.Section) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("items", "want", "gone"),
     [
-        ({"command": "php artisan queue:work"}, {"runner": "exec", "command": "php artisan queue:work", "autorestart": "unexpected"}, {}),
+        (
+            {"command": "php artisan queue:work"},
+            {"runner": "exec", "command": "php artisan queue:work", "autorestart": "unexpected"},
+            {},
+        ),
         ({"command": "x", "autorestart": "true"}, {"autorestart": "true"}, {}),
         ({"command": "x", "autorestart": "unexpected"}, {"autorestart": "unexpected"}, {}),
         ({"command": "x", "autostart": "false"}, {"autostart": "false"}, {}),
         ({"command": "x", "autostart": "yes"}, {"autostart": "true"}, {}),
         ({"command": "x", "stopwaitsecs": "3600"}, {"stop_timeout": "3600"}, {}),
-        ({"command": "x", "numprocs": "8", "priority": "5", "user": "forge"}, {"numprocs": "8", "priority": "5", "user": "forge"}, {}),
+        (
+            {"command": "x", "numprocs": "8", "priority": "5", "user": "forge"},
+            {"numprocs": "8", "priority": "5", "user": "forge"},
+            {},
+        ),
         ({"command": "x", "startsecs": "0", "startretries": "10"}, {"startsecs": "0", "startretries": "10"}, {}),
         ({"command": "x", "exitcodes": "0,2"}, {"exitcodes": "0, 2"}, {}),
         ({"command": "x", "stopsignal": "QUIT"}, {"stopsignal": "QUIT"}, {}),
@@ -52,13 +60,21 @@ def skipped(sec: importers.Section) -> dict[str, str]:
             {},
             {"stderr_logfile": "/var/log/e.log"},
         ),
-        ({"command": "x", "stdout_logfile_maxbytes": "10MB", "stdout_logfile_backups": "3"}, {"log_max_bytes": "10M", "log_backups": "3"}, {}),
+        (
+            {"command": "x", "stdout_logfile_maxbytes": "10MB", "stdout_logfile_backups": "3"},
+            {"log_max_bytes": "10M", "log_backups": "3"},
+            {},
+        ),
         ({"command": "x", "stdout_logfile_maxbytes": "0"}, {"log_max_bytes": "0"}, {}),
         ({"command": "x", "stdout_logfile_maxbytes": "1024"}, {"log_max_bytes": "1024B"}, {}),
         ({"command": "x", "stopasgroup": "true", "killasgroup": "true"}, {}, {}),
         ({"command": "x", "stopasgroup": "false"}, {}, {"stopasgroup": "false"}),
         ({"command": "x", "umask": "022", "serverurl": "AUTO"}, {}, {"umask": "022", "serverurl": "AUTO"}),
-        ({"command": "x", "stdout_events_enabled": "true", "stdout_syslog": "true"}, {}, {"stdout_events_enabled": "true", "stdout_syslog": "true"}),
+        (
+            {"command": "x", "stdout_events_enabled": "true", "stdout_syslog": "true"},
+            {},
+            {"stdout_events_enabled": "true", "stdout_syslog": "true"},
+        ),
         ({"command": "x", "stdout_logfile": "/dev/stdout"}, {}, {"stdout_logfile": "/dev/stdout"}),
         ({"command": "x", "numprocs_start": "1"}, {}, {"numprocs_start": "1"}),
         ({"command": "x", "numprocs_start": "0"}, {}, {}),
@@ -162,9 +178,14 @@ def pm(app: dict[str, object], cpus: int = 4) -> importers.Section:
 @pytest.mark.parametrize(
     ("app", "want"),
     [
-        ({"script": "app.js"}, {"command": "node app.js", "numprocs": "1", "stop_timeout": "1600ms", "startretries": "16", "autorestart": "true"}),
-        ({"name": "api", "script": "server.js", "args": "--port 80", "node_args": "--max-old-space-size=512"},
-         {"command": "node --max-old-space-size=512 server.js --port 80"}),
+        (
+            {"script": "app.js"},
+            {"command": "node app.js", "numprocs": "1", "stop_timeout": "1600ms", "startretries": "16", "autorestart": "true"},
+        ),
+        (
+            {"name": "api", "script": "server.js", "args": "--port 80", "node_args": "--max-old-space-size=512"},
+            {"command": "node --max-old-space-size=512 server.js --port 80"},
+        ),
         ({"script": "worker.py", "args": ["-q", "jobs"]}, {"command": "python3 worker.py -q jobs"}),
         ({"script": "artisan", "interpreter": "php", "args": "queue:work"}, {"command": "php artisan queue:work"}),
         ({"script": "./bin/consume", "interpreter": "none"}, {"command": "./bin/consume"}),
@@ -174,16 +195,23 @@ def pm(app: dict[str, object], cpus: int = 4) -> importers.Section:
         ({"script": "a.js", "instances": -1}, {"numprocs": "3"}),
         ({"script": "a.js", "max_memory_restart": "150M"}, {"memory_limit": "150M"}),
         ({"script": "a.js", "max_memory_restart": 104857600}, {"memory_limit": "100M"}),
-        ({"script": "a.js", "kill_timeout": 3000, "min_uptime": 500, "max_restarts": 5}, {"stop_timeout": "3", "startsecs": "500ms", "startretries": "5"}),
+        (
+            {"script": "a.js", "kill_timeout": 3000, "min_uptime": 500, "max_restarts": 5},
+            {"stop_timeout": "3", "startsecs": "500ms", "startretries": "5"},
+        ),
         ({"script": "a.js", "min_uptime": "10s"}, {"startsecs": "10s"}),
         ({"script": "a.js", "autorestart": False}, {"autorestart": "false"}),
         ({"script": "a.js", "stop_exit_codes": [0, 3]}, {"autorestart": "unexpected", "exitcodes": "0, 3"}),
         ({"script": "a.js", "cwd": "/srv/app", "uid": "www-data"}, {"directory": "/srv/app", "user": "www-data"}),
-        ({"script": "a.js", "out_file": "/var/log/out.log", "error_file": "/var/log/err.log"},
-         {"logfile": "/var/log/out.log", "stderr_logfile": "/var/log/err.log"}),
+        (
+            {"script": "a.js", "out_file": "/var/log/out.log", "error_file": "/var/log/err.log"},
+            {"logfile": "/var/log/out.log", "stderr_logfile": "/var/log/err.log"},
+        ),
         ({"script": "a.js", "log_file": "/var/log/all.log"}, {"logfile": "/var/log/all.log"}),
-        ({"script": "a.js", "env": {"NODE_ENV": "dev", "PORT": 3000, "DEBUG": True}},
-         {"environment": "NODE_ENV=dev, PORT=3000, DEBUG=true, NODE_APP_INSTANCE=%(process_num)d"}),
+        (
+            {"script": "a.js", "env": {"NODE_ENV": "dev", "PORT": 3000, "DEBUG": True}},
+            {"environment": "NODE_ENV=dev, PORT=3000, DEBUG=true, NODE_APP_INSTANCE=%(process_num)d"},
+        ),
         ({"script": "a.js", "instance_var": "INSTANCE_ID"}, {"environment": "INSTANCE_ID=%(process_num)d"}),
     ],
 )
@@ -194,8 +222,19 @@ def test_pm2_app_keys(app: dict[str, object], want: dict[str, str]) -> None:
 
 
 def test_pm2_keys_without_equivalent_are_notes() -> None:
-    sec = pm({"script": "a.js", "exec_mode": "cluster", "watch": True, "cron_restart": "0 0 * * *", "env_production": {"NODE_ENV": "production"},
-              "restart_delay": 100, "wait_ready": True, "gid": "www", "shiny": 1})
+    sec = pm(
+        {
+            "script": "a.js",
+            "exec_mode": "cluster",
+            "watch": True,
+            "cron_restart": "0 0 * * *",
+            "env_production": {"NODE_ENV": "production"},
+            "restart_delay": 100,
+            "wait_ready": True,
+            "gid": "www",
+            "shiny": 1,
+        }
+    )
     got = skipped(sec)
     assert set(got) == {"exec_mode", "watch", "cron_restart", "env_production", "restart_delay", "wait_ready", "gid", "shiny"}
     assert got["env_production"] == "NODE_ENV=production"
@@ -203,7 +242,9 @@ def test_pm2_keys_without_equivalent_are_notes() -> None:
 
 
 def test_pm2_namespace_becomes_a_group_and_bad_files_fail() -> None:
-    imp = pm2.convert({"apps": [{"script": "a.js", "namespace": "q"}, {"script": "b.js", "namespace": "q"}], "deploy": {}}, "/e.json", 1)
+    imp = pm2.convert(
+        {"apps": [{"script": "a.js", "namespace": "q"}, {"script": "b.js", "namespace": "q"}], "deploy": {}}, "/e.json", 1
+    )
     assert [keys(g) for g in imp.groups] == [{"programs": "a, b"}]
     assert [s.key for s in imp.skipped] == ["deploy"]
     with pytest.raises(ImportFailure, match="no apps list"):

@@ -15,12 +15,18 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from conftest import BIN, PHP, Gsuper, wait_for
 
 APPS = Path(__file__).resolve().parent / "import_apps"
 NODE = shutil.which("node")
 needs_php = pytest.mark.skipif(PHP is None, reason="php is not installed")
 needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed")
+needs_laravel = pytest.mark.skipif(not os.path.exists("/usr/share/php/Illuminate/autoload.php"), reason="php-laravel-framework")
+needs_messenger = pytest.mark.skipif(
+    not os.path.exists("/usr/share/php/Symfony/Component/Messenger/Bridge/Redis/autoload.php"),
+    reason="php-symfony-redis-messenger",
+)
 
 
 def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -58,6 +64,7 @@ def app(tmp_path: Path, name: str) -> Path:
 
 
 @needs_php
+@needs_laravel
 def test_laravel_documented_queue_worker(gs: Gsuper, redis_server: object) -> None:
     lv = app(gs.root, "laravel")
     user = f"user={run_as()}" if run_as() else ""
@@ -86,8 +93,18 @@ def test_laravel_documented_queue_worker(gs: Gsuper, redis_server: object) -> No
     assert "# not imported: process_name = %(program_name)s_%(process_num)02d" in text
     assert "process_name" in notes
     for n in range(40):
-        payload = {"uuid": uuid.uuid4().hex, "displayName": "App\\Jobs\\Touch", "job": "App\\Jobs\\Touch", "maxTries": None,
-                   "maxExceptions": None, "backoff": None, "timeout": None, "data": {"n": n}, "id": str(n), "attempts": 0}
+        payload = {
+            "uuid": uuid.uuid4().hex,
+            "displayName": "App\\Jobs\\Touch",
+            "job": "App\\Jobs\\Touch",
+            "maxTries": None,
+            "maxExceptions": None,
+            "backoff": None,
+            "timeout": None,
+            "data": {"n": n},
+            "id": str(n),
+            "attempts": 0,
+        }
         redis_server.rpush("queues:default", json.dumps(payload))  # type: ignore[attr-defined]
     gs.start()
     assert len(gs.wait_workers("laravel-worker")) == 8
@@ -129,6 +146,7 @@ def test_horizon_documented_config(gs: Gsuper, redis_server: object) -> None:
 
 
 @needs_php
+@needs_messenger
 def test_symfony_messenger_documented_config(gs: Gsuper, redis_server: object) -> None:
     sf = app(gs.root, "symfony")
     user = f"user={run_as()}" if run_as() else ""
@@ -153,8 +171,13 @@ def test_symfony_messenger_documented_config(gs: Gsuper, redis_server: object) -
     text, _ = import_and_check(gs, gs.root / "messenger-worker.conf")
     assert "startsecs = 0" in text and "startretries = 10" in text
     assert "MESSENGER_CONSUMER_NAME=%(program_name)s_%(process_num)02d" in text
-    sent = subprocess.run([PHP or "php", str(sf / "bin" / "send.php"), "30"], env={**os.environ, "REDIS_PORT": str(redis_server.port)},  # type: ignore[attr-defined]
-                          capture_output=True, text=True, timeout=30)
+    sent = subprocess.run(
+        [PHP or "php", str(sf / "bin" / "send.php"), "30"],
+        env={**os.environ, "REDIS_PORT": str(redis_server.port)},  # type: ignore[attr-defined]
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert sent.returncode == 0, sent.stderr
     gs.start()
     assert len(gs.wait_workers("messenger-consume")) == 2
@@ -193,19 +216,29 @@ process.on('SIGTERM', () => { clearInterval(t); process.exit(0); });
 def test_pm2_ecosystem_file(gs: Gsuper, kind: str) -> None:
     (gs.root / "out").mkdir()
     gs.file("app/server.js", NODE_APP)
-    app_def = {"name": "api", "script": "server.js", "cwd": str(gs.root / "app"), "instances": 3, "exec_mode": "cluster",
-               "max_memory_restart": "200M", "env": {"NODE_ENV": "development", "OUT": str(gs.root / "out")},
-               "env_production": {"NODE_ENV": "production"}}
+    app_def = {
+        "name": "api",
+        "script": "server.js",
+        "cwd": str(gs.root / "app"),
+        "instances": 3,
+        "exec_mode": "cluster",
+        "max_memory_restart": "200M",
+        "env": {"NODE_ENV": "development", "OUT": str(gs.root / "out")},
+        "env_production": {"NODE_ENV": "production"},
+    }
     if kind == "json":
         source = gs.file("ecosystem.json", json.dumps({"apps": [app_def]}))
     else:  # evaluated by node: computed values, as real ecosystem files have
-        source = gs.file("ecosystem.config.js", f"""\
+        source = gs.file(
+            "ecosystem.config.js",
+            f"""\
             const path = require('path');
             const app = {json.dumps(app_def)};
             app.instances = 1 + 2;
             app.cwd = path.join(__dirname, 'app');
             module.exports = {{ apps: [app] }};
-            """)
+            """,
+        )
     text, notes = import_and_check(gs, source)
     assert "memory_limit = 200M" in text and "# not imported: exec_mode = cluster" in text
     assert "exec_mode" in notes and "env_production" in notes
@@ -223,12 +256,17 @@ def test_pm2_ecosystem_file(gs: Gsuper, kind: str) -> None:
 @needs_php
 def test_original_service_conf_over_global_config(gs: Gsuper) -> None:
     task = gs.root / "task"
-    gs.file("task/framework.php", """\
+    gs.file(
+        "task/framework.php",
+        """\
         <?php
         // The "framework" the original loads first: the task below uses what it defines.
         function fw_out(string $name): string { return __DIR__ . '/done/' . $name; }
-        """)
-    gs.file("task/member_1.php", """\
+        """,
+    )
+    gs.file(
+        "task/member_1.php",
+        """\
         <?php
         class member_1
         {
@@ -239,9 +277,12 @@ def test_original_service_conf_over_global_config(gs: Gsuper) -> None:
                 file_put_contents(fw_out('member_1.' . getmypid()), (string) $this->runs);
             }
         }
-        """)
+        """,
+    )
     (task / "done").mkdir()
-    gs.file("globalConfig.php", """\
+    gs.file(
+        "globalConfig.php",
+        """\
         <?php
         define('GLOBAL_PATH', __DIR__);
         return [
@@ -250,8 +291,11 @@ def test_original_service_conf_over_global_config(gs: Gsuper) -> None:
             'workerDir' => GLOBAL_PATH . '/task',
             'workerLoadFileBefore' => ['framework.php'],
         ];
-        """)
-    source = gs.file("serviceConf.php", """\
+        """,
+    )
+    source = gs.file(
+        "serviceConf.php",
+        """\
         <?php
         return [
             'moduleName' => 'member_module',
@@ -260,7 +304,8 @@ def test_original_service_conf_over_global_config(gs: Gsuper) -> None:
                 ['name' => 'member_1', 'max_request' => 5, 'memory_limit' => 64, 'workNum' => 2],
             ],
         ];
-        """)
+        """,
+    )
     text, notes = import_and_check(gs, source)
     assert "handler = member_1::run" in text and "usleep = 20000" in text and "max_request = 5" in text
     assert f"bootstrap = {task}/framework.php, {task}/member_1.php" in text
@@ -305,5 +350,8 @@ def test_missing_node_is_one_sentence(tmp_path: Path) -> None:
     (tmp_path / "ecosystem.config.js").write_text("module.exports = {apps: []};")
     proc = cli("-s", "import", str(tmp_path / "ecosystem.config.js"), env={**os.environ, "PATH": str(tmp_path)})
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"gsuper: {tmp_path}/ecosystem.config.js: node is needed to read this file and is not found on PATH"
+    assert (
+        proc.stderr.strip()
+        == f"gsuper: {tmp_path}/ecosystem.config.js: node is needed to read this file and is not found on PATH"
+    )
     assert cli("-s", "import").returncode == 2  # FILE is required
