@@ -245,7 +245,7 @@ def _app(imp: Imported, source: str, i: int, app: dict[str, Any], cpu_count: int
         sec.set("logfile", str(log_file))
     if error_file:
         sec.set("stderr_logfile", "/dev/null" if error_file == "NULL" else str(error_file))
-    if log_file and (out_file or error_file):
+    if log_file and out_file:
         sec.skip("log_file", log_file, "gsuper writes each stream to one file: logfile, and stderr_logfile when set")
     if app.get("merge_logs") or app.get("combine_logs"):
         sec.comments.append("merge_logs: what gsuper always does (one log per program, each line with the worker index)")
