@@ -91,6 +91,14 @@ def _text(value: object) -> str:
     return " ".join(str(value).split()) if "\n" in str(value) else str(value)
 
 
+def literal(value: str) -> str:
+    """A value from a source without expansions, safe in a key gsuper expands (`%(` and `%%` doubled).
+
+    A lone `%` stays as it is in gsuper, so only values that would read as an expansion change.
+    """
+    return value.replace("%", "%%") if "%(" in value or "%%" in value else value
+
+
 def safe_name(name: str) -> str:
     """A program or group name gsuper accepts (Unicode letters, digits, `_ . -`): others become `-`."""
     return NAME_BAD.sub("-", name.strip()) or "program"

@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-from gsuper.importers import Imported, ImportFailure, Section, evaluate, safe_name
+from gsuper.importers import Imported, ImportFailure, Section, evaluate, literal, safe_name
 
 # php: each file returns an array; later files win, key by key, as array_merge does. Output a
 # config file might echo is discarded, so only the JSON reaches stdout.
@@ -119,7 +119,7 @@ def _entry(imp: Imported, source: str, i: int, entry: dict[str, Any], worker_dir
         task_file += ".php"
     hooks = [os.path.join(worker_dir, f) for f in [*before, task_file]]
     sec.set("bootstrap", ", ".join(hooks))
-    sec.set("directory", worker_dir)
+    sec.set("directory", literal(worker_dir))
     sec.set("numprocs", _int(source, f"{where} workNum", entry.get("workNum", 1), 1))
     if entry.get("max_request"):
         sec.set("max_request", _int(source, f"{where} max_request", entry["max_request"], 0))

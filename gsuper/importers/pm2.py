@@ -11,7 +11,7 @@ import os
 import re
 from typing import Any
 
-from gsuper.importers import Imported, ImportFailure, Section, evaluate, safe_name
+from gsuper.importers import Imported, ImportFailure, Section, evaluate, literal, safe_name
 
 # PM2's lib/API/interpreter.json, with python as Debian names it.
 INTERPRETERS = {".sh": "bash", ".py": "python3", ".rb": "ruby", ".php": "php", ".pl": "perl", ".js": "node",
@@ -190,14 +190,16 @@ def _app(imp: Imported, source: str, i: int, app: dict[str, Any], cpu_count: int
     ext = os.path.splitext(script)[1].lower()
     if interpreter in (None, ""):
         # As PM2: by extension; a file with none (a binary, or a name on PATH) runs as it is.
-        interpreter = INTERPRETERS.get(ext, "none" if not ext else "node")
+        interpreter = "none" if " " in script.strip() else INTERPRETERS.get(ext, "none" if not ext else "node")
     interpreter_args = _words(app.get("interpreter_args", app.get("node_args")))
-    argv = ([] if interpreter == "none" else [str(interpreter), *interpreter_args]) + [script, *_words(app.get("args"))]
     import shlex
 
-    sec.set("command", shlex.join(argv))
+    # A script with spaces and no interpreter is a command line, as `pm2 start "npm run worker"` takes it.
+    words = shlex.split(script) if " " in script.strip() and interpreter == "none" else [script]
+    argv = ([] if interpreter == "none" else [str(interpreter), *interpreter_args]) + [*words, *_words(app.get("args"))]
+    sec.set("command", literal(shlex.join(argv)))
     if app.get("cwd"):
-        sec.set("directory", str(app["cwd"]))
+        sec.set("directory", literal(str(app["cwd"])))
     instances = app.get("instances", 1)
     if str(instances).strip().lower() == "max" or str(instances).strip() in ("0", "-1") or (
         isinstance(instances, int) and instances < 0
@@ -209,9 +211,9 @@ def _app(imp: Imported, source: str, i: int, app: dict[str, Any], cpu_count: int
         sec.set("numprocs", int(instances))
     env: dict[str, str] = {}
     if isinstance(app.get("env"), dict):
-        env.update({str(k): _scalar(v) for k, v in app["env"].items()})
+        env.update({str(k): literal(_scalar(v)) for k, v in app["env"].items()})
     if app.get("port") is not None:
-        env["PORT"] = _scalar(app["port"])
+        env["PORT"] = literal(_scalar(app["port"]))
     instance_var = str(app.get("instance_var") or "NODE_APP_INSTANCE")
     env.setdefault(instance_var, "%(process_num)d")  # PM2 gives each instance its number there
     from gsuper.importers.supervisor import env_value
@@ -240,11 +242,11 @@ def _app(imp: Imported, source: str, i: int, app: dict[str, Any], cpu_count: int
     out_file, error_file = app.get("out_file", app.get("output")), app.get("error_file", app.get("error"))
     log_file = app.get("log_file")
     if out_file:
-        sec.set("logfile", "/dev/null" if out_file == "NULL" else str(out_file))
+        sec.set("logfile", "/dev/null" if out_file == "NULL" else literal(str(out_file)))
     elif log_file and log_file is not True:
-        sec.set("logfile", str(log_file))
+        sec.set("logfile", literal(str(log_file)))
     if error_file:
-        sec.set("stderr_logfile", "/dev/null" if error_file == "NULL" else str(error_file))
+        sec.set("stderr_logfile", "/dev/null" if error_file == "NULL" else literal(str(error_file)))
     if log_file and out_file:
         sec.skip("log_file", log_file, "gsuper writes each stream to one file: logfile, and stderr_logfile when set")
     if app.get("merge_logs") or app.get("combine_logs"):

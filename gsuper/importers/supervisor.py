@@ -114,7 +114,7 @@ WHY = {
     "stderr_logfile_backups": "gsuper keeps the program's log_backups of stderr_logfile too",
 }
 STD_STREAMS = ("/dev/stdout", "/dev/stderr", "/proc/self/fd/1", "/proc/self/fd/2", "/dev/fd/1", "/dev/fd/2")
-_EXPANSION = re.compile(r"%\((\w+)\)([-#0 +]*\d*(?:\.\d+)?[sdi])")
+_EXPANSION = re.compile(r"%\((\w+)\)([-#0 +]*\d*(?:\.\d+)?[sdiuxXoeEfFgGr])")
 
 
 def _bool(value: str) -> str | None:
