@@ -361,3 +361,11 @@ def test_import_file_with_no_programs_fails(tmp_path: Path) -> None:
     with pytest.raises(ImportFailure, match="no such file"):
         importers.import_file(str(tmp_path / "nope.conf"))
     assert os.path.isdir(tmp_path)
+
+
+def test_environment_names_gsuper_cannot_take_are_notes() -> None:
+    sec = pm({"script": "a.js", "env": {"GOOD": "1", "my-var": "2"}, "instance_var": "ID"})
+    assert keys(sec)["environment"] == "GOOD=1, ID=%(process_num)d"
+    assert skipped(sec) == {"environment my-var": "2"}
+    imp = sup(("program:w", {"command": "x", "environment": "A=1,9B=2"}))
+    assert keys(imp.programs[0])["environment"] == "A=1" and skipped(imp.programs[0]) == {"environment 9B": "2"}

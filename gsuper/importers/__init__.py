@@ -99,6 +99,30 @@ def literal(value: str) -> str:
     return value.replace("%", "%%") if "%(" in value or "%%" in value else value
 
 
+def env_value(pairs: list[tuple[str, str]]) -> str:
+    """Pairs as gsuper's `environment` value, quoting values that hold a comma, space or quote."""
+
+    def quoted(v: str) -> str:
+        if v and not re.search(r"[,\s'\"]", v):
+            return v
+        return f"'{v}'" if "'" not in v else f'"{v}"'
+
+    return ", ".join(f"{k}={quoted(v)}" for k, v in pairs)
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def set_environment(sec: Section, pairs: list[tuple[str, str]]) -> None:
+    """Set `environment` from pairs; a name gsuper cannot take (`my-var`) is a note instead."""
+    good = [(k, v) for k, v in pairs if ENV_NAME.fullmatch(k)]
+    for k, v in pairs:
+        if not ENV_NAME.fullmatch(k):
+            sec.skip(f"environment {k}", v, "gsuper's environment names are letters, digits and _, not starting with a digit")
+    if good:
+        sec.set("environment", env_value(good))
+
+
 def safe_name(name: str) -> str:
     """A program or group name gsuper accepts (Unicode letters, digits, `_ . -`): others become `-`."""
     return NAME_BAD.sub("-", name.strip()) or "program"

@@ -11,7 +11,7 @@ import os
 import re
 from typing import Any
 
-from gsuper.importers import Imported, ImportFailure, Section, evaluate, literal, safe_name
+from gsuper.importers import Imported, ImportFailure, Section, evaluate, literal, safe_name, set_environment
 
 # PM2's lib/API/interpreter.json, with python as Debian names it.
 INTERPRETERS = {".sh": "bash", ".py": "python3", ".rb": "ruby", ".php": "php", ".pl": "perl", ".js": "node",
@@ -118,7 +118,7 @@ def _words(value: Any) -> list[str]:
 
 
 def _env_text(env: Any) -> str:
-    from gsuper.importers.supervisor import env_value
+    from gsuper.importers import env_value
 
     if not isinstance(env, dict):
         return str(env)
@@ -216,9 +216,7 @@ def _app(imp: Imported, source: str, i: int, app: dict[str, Any], cpu_count: int
         env["PORT"] = literal(_scalar(app["port"]))
     instance_var = str(app.get("instance_var") or "NODE_APP_INSTANCE")
     env.setdefault(instance_var, "%(process_num)d")  # PM2 gives each instance its number there
-    from gsuper.importers.supervisor import env_value
-
-    sec.set("environment", env_value(list(env.items())))
+    set_environment(sec, list(env.items()))
     if "max_memory_restart" in app:
         sec.set("memory_limit", _size(app["max_memory_restart"]))
     sec.set("stop_timeout", _ms(app.get("kill_timeout", PM2_KILL_TIMEOUT_MS)))

@@ -13,7 +13,7 @@ import re
 import socket
 from dataclasses import dataclass
 
-from gsuper.importers import Imported, ImportFailure, Section, Skipped, safe_name
+from gsuper.importers import Imported, ImportFailure, Section, Skipped, safe_name, set_environment
 
 
 @dataclass(frozen=True)
@@ -161,17 +161,6 @@ def _environment(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def env_value(pairs: list[tuple[str, str]]) -> str:
-    """Pairs as gsuper's `environment` value, quoting values that hold a comma, space or quote."""
-
-    def quoted(v: str) -> str:
-        if v and not re.search(r"[,\s'\"]", v):
-            return v
-        return f"'{v}'" if "'" not in v else f'"{v}"'
-
-    return ", ".join(f"{k}={quoted(v)}" for k, v in pairs)
-
-
 def convert(sections: list[RawSection], source: str, hostname: str | None = None) -> Imported:
     """Map supervisor sections to gsuper sections."""
     host = hostname if hostname is not None else socket.gethostname()
@@ -297,7 +286,7 @@ def _program(
     if "environment" in items:
         env.update(_environment(val("environment")))
     if env:
-        sec.set("environment", env_value(list(env.items())))
+        set_environment(sec, list(env.items()))
     if "autorestart" not in items:
         sec.set("autorestart", "unexpected")  # supervisor's default; gsuper's own is true
         sec.comments.append("autorestart = unexpected is supervisor's default, written out (gsuper's default is true)")
