@@ -369,3 +369,16 @@ def test_environment_names_gsuper_cannot_take_are_notes() -> None:
     assert skipped(sec) == {"environment my-var": "2"}
     imp = sup(("program:w", {"command": "x", "environment": "A=1,9B=2"}))
     assert keys(imp.programs[0])["environment"] == "A=1" and skipped(imp.programs[0]) == {"environment 9B": "2"}
+
+
+@pytest.mark.parametrize(
+    ("app", "match"),
+    [
+        ({"script": "a.js", "instances": "many"}, r"apps\[0\] instances: 'many' is not a whole number"),
+        ({"script": "a.js", "max_restarts": "x"}, r"apps\[0\] max_restarts: 'x' is not a whole number"),
+        ({"script": "a.js", "max_restarts": -2}, "out of range"),
+    ],
+)
+def test_pm2_bad_values_fail_in_one_sentence(app: dict[str, object], match: str) -> None:
+    with pytest.raises(ImportFailure, match=match):
+        pm(app)

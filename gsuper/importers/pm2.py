@@ -107,6 +107,16 @@ def _size(value: Any) -> str:
     return text.upper()
 
 
+def _whole(source: str, where: str, value: Any) -> int:
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise ImportFailure(f"{source}: {where}: {value!r} is not a whole number") from None
+    if n < 1 and where.endswith("instances") or n < 0:
+        raise ImportFailure(f"{source}: {where}: {value!r} is out of range")
+    return n
+
+
 def _words(value: Any) -> list[str]:
     import shlex
 
@@ -208,7 +218,7 @@ def _app(imp: Imported, source: str, i: int, app: dict[str, Any], cpu_count: int
         sec.set("numprocs", n)
         sec.comments.append(f"instances = {instances}: PM2 counts CPUs; this machine has {cpu_count}")
     else:
-        sec.set("numprocs", int(instances))
+        sec.set("numprocs", _whole(source, f"apps[{i}] instances", instances))
     env: dict[str, str] = {}
     if isinstance(app.get("env"), dict):
         env.update({str(k): literal(_scalar(v)) for k, v in app["env"].items()})
@@ -222,7 +232,7 @@ def _app(imp: Imported, source: str, i: int, app: dict[str, Any], cpu_count: int
     sec.set("stop_timeout", _ms(app.get("kill_timeout", PM2_KILL_TIMEOUT_MS)))
     if "kill_timeout" not in app:
         sec.comments.append("stop_timeout = 1600ms is PM2's kill_timeout default, written out (gsuper's default is 10)")
-    sec.set("startretries", min(1000, int(app.get("max_restarts", PM2_MAX_RESTARTS))))
+    sec.set("startretries", min(1000, _whole(source, f"apps[{i}] max_restarts", app.get("max_restarts", PM2_MAX_RESTARTS))))
     if "min_uptime" in app:
         sec.set("startsecs", _ms(app["min_uptime"]))
     autorestart = app.get("autorestart", True)
