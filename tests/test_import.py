@@ -192,7 +192,10 @@ def pm(app: dict[str, object], cpus: int = 4) -> importers.Section:
         ({"script": "consume"}, {"command": "consume"}),
         ({"script": "npm run worker -- --queue high"}, {"command": "npm run worker -- --queue high"}),
         ({"script": "w.sh", "args": "--fmt %(x)s 100%"}, {"command": "bash w.sh --fmt '%%(x)s' 100%%"}),
-        ({"script": "a.js", "env": {"FMT": "100%", "TPL": "%(name)s"}}, {"environment": "FMT=100%, TPL=%%(name)s, NODE_APP_INSTANCE=%(process_num)d"}),
+        (
+            {"script": "a.js", "env": {"FMT": "100%", "TPL": "%(name)s"}},
+            {"environment": "FMT=100%, TPL=%%(name)s, NODE_APP_INSTANCE=%(process_num)d"},
+        ),
         ({"script": "a.js", "instances": 4}, {"numprocs": "4"}),
         ({"script": "a.js", "instances": "max"}, {"numprocs": "4"}),
         ({"script": "a.js", "instances": -1}, {"numprocs": "3"}),
@@ -382,3 +385,57 @@ def test_environment_names_gsuper_cannot_take_are_notes() -> None:
 def test_pm2_bad_values_fail_in_one_sentence(app: dict[str, object], match: str) -> None:
     with pytest.raises(ImportFailure, match=match):
         pm(app)
+
+
+def test_rendered_imports_load_as_gsuper_configs(tmp_path: Path) -> None:
+    """The printed text is a configuration gsuper's own loader takes, unchanged."""
+    from gsuper import config
+
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "framework.php").write_text("<?php\n")
+    (task / "member_1.php").write_text("<?php class member_1 { public function run() {} }\n")
+    sources = [
+        legacy.convert(
+            {**ORIGINAL, "workerDir": str(task), "logPath": str(tmp_path / "log"), "exec": ORIGINAL["exec"][:1]},
+            str(tmp_path / "s.php"),
+        ),
+        pm2.convert(
+            {
+                "apps": [
+                    {
+                        "name": "a b",
+                        "script": "sh",
+                        "args": "-c 'sleep 1 # not a comment'",
+                        "instances": 2,
+                        "kill_timeout": 2500,
+                        "env": {"X": "1, 2", "Y": "it's"},
+                        "namespace": "web",
+                    }
+                ]
+            },
+            str(tmp_path / "e.json"),
+            2,
+        ),
+        sup(
+            (
+                "program:w",
+                {
+                    "command": "sh -c 'echo %(program_name)s; sleep 1'",
+                    "numprocs": "2",
+                    "stopwaitsecs": "5",
+                    "exitcodes": "0,2",
+                    "stopsignal": "QUIT",
+                    "umask": "022",
+                },
+            ),
+            ("group:g", {"programs": "w"}),
+            here=str(tmp_path),
+        ),
+    ]
+    for imp in sources:
+        path = tmp_path / f"{imp.kind}.ini"
+        path.write_text(importers.render(imp))
+        cfg = config.load(str(path))
+        assert set(cfg.programs) == {p.name for p in imp.programs}, path.read_text()
+    assert cfg.programs["w"].numprocs == 2 and cfg.programs["w"].stop_timeout_s == 5
