@@ -131,8 +131,11 @@ def _usage_line(command: str) -> str:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _load(args: dict[str, Any]) -> config.GsuperConfig:
-    return config.load(args["--config"])
+def _load(args: dict[str, Any], warn: bool = False) -> config.GsuperConfig:
+    cfg = config.load(args["--config"])
+    for warning in cfg.warnings if warn else ():  # e.g. an [include] glob that matches no file
+        print(f"gsuper: warning: {warning}", file=sys.stderr)
+    return cfg
 
 
 def _load_for_running(args: dict[str, Any]) -> config.GsuperConfig:
@@ -182,7 +185,7 @@ def _print_started(programs: dict[str, int]) -> None:
 
 def cmd_check(args: dict[str, Any]) -> int:
     """Validate the configuration only."""
-    cfg = _load(args)
+    cfg = _load(args, warn=True)
     workers = sum(p.numprocs for p in cfg.programs.values())
     print(f"{cfg.path}: configuration OK ({len(cfg.programs)} programs, {workers} workers, {len(cfg.groups)} groups)")
     return 0
@@ -204,7 +207,7 @@ def cmd_import(args: dict[str, Any]) -> int:
 
 def cmd_start(args: dict[str, Any]) -> int:
     """Start the master (or, with -p/-g on a running master, those programs)."""
-    cfg = _load(args)
+    cfg = _load(args, warn=True)
     programs, groups, names = _selection(args, cfg)
     pid = daemon.running_pid(cfg.pidfile)
     if pid:
@@ -213,7 +216,8 @@ def cmd_start(args: dict[str, Any]) -> int:
         reply = _ask(cfg, {"cmd": "start", "programs": programs, "groups": groups}, None)
         _print_started(reply["programs"])
         return 0
-    only = names if (programs or groups) else None
+    # autostart = false: started only when named with -p, not by a group.
+    only = [n for n in names if n in programs or cfg.programs[n].autostart] if (programs or groups) else None
     from gsuper.master import Master  # gevent is loaded only where a master runs
 
     if args["--foreground"]:
@@ -354,7 +358,7 @@ def cmd_restart(args: dict[str, Any]) -> int:
 
 def cmd_reload(args: dict[str, Any]) -> int:
     """Re-read the configuration and apply the difference."""
-    cfg = _load(args)
+    cfg = _load(args, warn=True)
     _running(cfg)
     reply = _ask(cfg, {"cmd": "reload"}, None)
     for line in reply["changes"]:
@@ -395,7 +399,7 @@ def cmd_status(args: dict[str, Any]) -> int:
         return 0
     m = status["master"]
     print(f"master {m['pid']}  up {_duration(m['uptime_s'])}  {m['config']}")
-    rows = [("PROGRAM", "#", "PID", "STATE", "UPTIME", "RESTARTS", "REQUESTS", "RSS", "LAST EXIT")]
+    rows: list[tuple[str, ...]] = [("PROGRAM", "#", "PID", "STATE", "UPTIME", "RESTARTS", "REQUESTS", "RSS", "LAST EXIT")]
     for w in status["workers"]:
         last = w["last_exit"]
         rows.append(
@@ -411,6 +415,8 @@ def cmd_status(args: dict[str, Any]) -> int:
                 f"{last['reason']} ({last['code']})" if last else "-",
             )
         )
+    if any(w.get("user") for w in status["workers"]):  # a USER column only where programs set one
+        rows = [(*r[:4], "USER" if i == 0 else status["workers"][i - 1].get("user") or "-", *r[4:]) for i, r in enumerate(rows)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
@@ -445,8 +451,11 @@ def cmd_tail(args: dict[str, Any]) -> int:
         lines = int(args["--lines"])
     except ValueError:
         raise Fail(f"-n takes a number of lines (got {args['--lines']!r})", 2) from None
-    path = os.path.join(cfg.logdir, f"{names[0]}.log" if names else "gsuper.log")
+    from gsuper.runners import settings
     from gsuper.tail import follow, last_lines
+
+    # The program's `logfile` (worker 0's, when it differs per worker).
+    path = settings(cfg.programs[names[0]], 0).logfile if names else os.path.join(cfg.logdir, "gsuper.log")
 
     if not os.path.exists(path) and not args["--follow"]:
         raise Fail(f"no log yet at {path}")

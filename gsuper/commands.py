@@ -68,10 +68,12 @@ class Commands:
         """
         return {"ok": True, "status": self.master.status(names, with_rss=request.get("rss", True) is not False)}
 
-    def cmd_start(self, _request: dict[str, Any], names: list[str]) -> Reply:
+    def cmd_start(self, request: dict[str, Any], names: list[str]) -> Reply:
         """Start the selected programs' slots that are at rest."""
         if self.master.stopping:
             return {"ok": False, "error": "the master is stopping"}
+        named = request.get("programs") or []  # autostart = false: started only when named with -p
+        names = [n for n in names if self.master.programs[n].config.autostart or n in named]
         self.master.start_programs(names)
         return {"ok": True, "programs": {n: self.master.programs[n].config.numprocs for n in names}}
 

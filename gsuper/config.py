@@ -12,11 +12,16 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
 from validate import ValidateError, Validator, VdtMissingValue
+
+from gsuper import users
+from gsuper.expand import ExpansionError, expand, names_used
+from gsuper.include import IncludeError, gather
 
 # The configspec. A comment line before a key is its documentation (docs/configuration.md is
 # generated from it); `# (loop)` style notes are part of that text.
@@ -85,6 +90,20 @@ environment = env(default=None)
 on_error = option("continue", "exit", default="continue")
 # Start order (ascending) and stop order (descending) among programs.
 priority = integer(default=999)
+# -- taking over a supervisor deployment (issue 10) --
+# Run the worker as this user (a name or a uid) with its primary and supplementary groups; only a master running as root may.
+user = text(default=None)
+# false: loaded and shown as STOPPED, started only by start -p NAME.
+autostart = boolean(default=True)
+# Where the program's stdout (and stderr, unless stderr_logfile) goes. Default: logdir/NAME.log.
+logfile = path(default=None)
+# A separate file for the program's stderr. Default: none (merged into logfile).
+stderr_logfile = path(default=None)
+# logfile and stderr_logfile are rotated past this size (bare number = bytes). Default: [gsuper]'s log_max_bytes.
+log_max_bytes = size(bare="B", default=None)
+# Rotated files kept of logfile and stderr_logfile; 0 = truncate instead. Default: [gsuper]'s log_backups.
+log_backups = integer(min=0, max=100, default=None)
+# -- end of issue 10 keys --
 """
 
 SPEC_GROUP = """
@@ -92,10 +111,22 @@ SPEC_GROUP = """
 programs = name_list()
 """
 
+SPEC_INCLUDE = """
+# Space-separated globs (relative to this file) of files whose [program:] and [group:] sections are read as if here.
+files = text()
+"""
+
 SECTION_SPECS = {"gsuper": SPEC_GSUPER, "program": SPEC_PROGRAM, "group": SPEC_GROUP}
 LIST_CHECKS = ("path_list", "int_list", "name_list", "env")
+_HOSTNAME = socket.gethostname()
 RUNNER_INTERPRETERS = {"php": "php", "python": "python3", "shell": "sh"}
-NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# Keys whose values hold %(...)s expansions, worked out per worker (gsuper/expand.py).
+EXPANDED_KEYS = ("command", "environment", "directory", "logfile", "stderr_logfile")
+
+
+def valid_name(name: str) -> bool:
+    """Program and group names: any Unicode letters and digits, `_`, `.` and `-` (as supervisor)."""
+    return bool(name) and all(ch.isalnum() or ch in "_.-" for ch in name)
 
 
 class ConfigError(Exception):
@@ -288,6 +319,28 @@ class ProgramConfig:
     environment: tuple[tuple[str, str], ...]
     on_error: str
     priority: int
+    # -- issue 10: command, directory, environment, logfile and stderr_logfile are templates
+    # (gsuper/expand.py), made absolute here when they hold no expansion; runners.settings()
+    # gives one worker's values.
+    user: users.User | None = None
+    autostart: bool = True
+    logfile: str = ""
+    stderr_logfile: str | None = None
+    log_max_bytes: int = 0
+    log_backups: int = 0
+    here: str = ""  # the folder of the file that holds the section: %(here)s
+    base: str = ""  # the folder relative paths are relative to (the main file's)
+    per_worker: bool = False  # some template uses %(process_num)
+
+    def expansions(self, index: int) -> dict[str, str | int]:
+        """The named expansions of one worker (%(ENV_X)s come from the environment)."""
+        return {
+            "program_name": self.name,
+            "process_num": index,
+            "numprocs": self.numprocs,
+            "here": self.here,
+            "host_node_name": _HOSTNAME,
+        }
 
     def same_except_numprocs(self, other: ProgramConfig) -> bool:
         """True when the two differ at most in numprocs (a reload then only scales)."""
@@ -309,6 +362,7 @@ class GsuperConfig:
     memory_check_interval_s: float
     programs: dict[str, ProgramConfig] = field(default_factory=dict)
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # e.g. an include that matches no file
 
     @property
     def pidfile(self) -> str:
@@ -324,6 +378,10 @@ class GsuperConfig:
     def workersfile(self) -> str:
         """Path of the record of live workers' process groups (for a takeover after a crash)."""
         return os.path.join(self.rundir, "workers.json")
+
+    def autostarted(self) -> list[str]:
+        """The programs a plain `start` starts (autostart = true), in priority order."""
+        return [n for n, p in self.programs.items() if p.autostart]
 
     def select(self, programs: list[str], groups: list[str]) -> list[str]:
         """Program names chosen by -p and -g (all when both are empty), in priority order."""
@@ -366,13 +424,13 @@ def _read_lines(path: str) -> list[str]:
 
 def _spec_for(section: str) -> tuple[str, str]:
     kind, _, name = section.partition(":")
-    if kind == "gsuper" and not name:
-        return kind, SPEC_GSUPER
+    if kind in ("gsuper", "include") and not name:
+        return kind, SPEC_GSUPER if kind == "gsuper" else SPEC_INCLUDE
     if kind in ("program", "group") and name:
-        if not NAME_RE.match(name):
+        if not valid_name(name):
             raise ValueError(f"[{section}]: the name {name!r} may hold only letters, digits, _ . -")
         return kind, SECTION_SPECS[kind]
-    raise ValueError(f"[{section}]: unknown section (use [gsuper], [program:NAME] or [group:NAME])")
+    raise ValueError(f"[{section}]: unknown section (use [gsuper], [program:NAME], [group:NAME] or [include])")
 
 
 def _check_cut_values(path: str, section: str, sec: Any) -> None:
@@ -385,9 +443,8 @@ def _check_cut_values(path: str, section: str, sec: Any) -> None:
             )
 
 
-def load(path: str) -> GsuperConfig:
-    """Read, validate and parse a configuration file, or raise ConfigError."""
-    path = os.path.abspath(path)
+def _parse_file(path: str) -> Any:
+    """One file (the main one or an included one) read into a ConfigObj, its shape checked."""
     lines = _read_lines(path)
     try:
         raw = ConfigObj(lines, list_values=False, interpolation=False, encoding="utf-8")
@@ -395,23 +452,36 @@ def load(path: str) -> GsuperConfig:
         first = (getattr(exc, "errors", None) or [exc])[0]
         msg = str(first).replace("matched as neither section nor keyword", "not a section, key = value or comment")
         raise ConfigError(f"{path}: {msg}") from None
-
     if raw.scalars:
         raise ConfigError(f"{path}: key {raw.scalars[0]!r} stands before any [section]")
-    spec_lines: list[str] = []
     for section in raw.sections:
         try:
-            _kind, spec = _spec_for(section)
+            _spec_for(section)
         except ValueError as exc:
             raise ConfigError(f"{path}: {exc}") from None
         if raw[section].sections:
             raise ConfigError(f"{path}: [{section}]: nested sections are not allowed")
         _check_cut_values(path, section, raw[section])
+    return raw
+
+
+def load(path: str) -> GsuperConfig:
+    """Read, validate and parse a configuration file (and the files it includes), or raise ConfigError."""
+    path = os.path.abspath(path)
+    try:
+        raw, origin, warnings = gather(path, _parse_file, unquote)
+    except IncludeError as exc:
+        raise ConfigError(str(exc)) from None
+
+    spec_lines: list[str] = []
+    for section in raw.sections:
+        _kind, spec = _spec_for(section)
         spec_lines.append(f"[{section}]")
         spec_lines.extend(spec.strip().splitlines())
     if "gsuper" not in raw.sections:
         spec_lines = ["[gsuper]", *SPEC_GSUPER.strip().splitlines(), *spec_lines]
         raw["gsuper"] = {}
+        origin["gsuper"] = path
     spec = ConfigObj(spec_lines, list_values=False, _inspec=True)
     raw.configspec = spec
     # Scalars are unquoted before validation so built-in checks (integer, option) see the bare text.
@@ -425,15 +495,17 @@ def load(path: str) -> GsuperConfig:
     if result is not True:
         for sections, key, error in flatten_errors(raw, result):
             where = f"[{sections[0]}]" if sections else ""
+            file = origin.get(sections[0], path) if sections else path
             if key is None:
-                raise ConfigError(f"{path}: {where} section is missing")
+                raise ConfigError(f"{file}: {where} section is missing")
             if isinstance(error, VdtMissingValue) or error is False:
-                raise ConfigError(f"{path}: {where} {key}: a value is required")
-            raise ConfigError(f"{path}: {where} {key}: {_describe(error)}")
+                raise ConfigError(f"{file}: {where} {key}: a value is required")
+            raise ConfigError(f"{file}: {where} {key}: {_describe(error)}")
     for sections, key in get_extra_values(raw):
         where = f"[{sections[0]}] " if sections else ""
-        raise ConfigError(f"{path}: {where}{key}: unknown key")
-    return _build(path, raw)
+        file = origin.get(sections[0], path) if sections else path
+        raise ConfigError(f"{file}: {where}{key}: unknown key")
+    return _build(path, raw, origin, tuple(warnings))
 
 
 def load_paths_only(path: str) -> GsuperConfig:
@@ -466,46 +538,92 @@ def _describe(error: Exception) -> str:
     return text.rstrip(".")
 
 
-def _build(path: str, raw: Any) -> GsuperConfig:
+def _build(path: str, raw: Any, origin: dict[str, str], warnings: tuple[str, ...] = ()) -> GsuperConfig:
     base = os.path.dirname(path)
     g = raw["gsuper"]
 
     def absolute(p: str, root: str = base) -> str:
         return os.path.normpath(os.path.join(root, os.path.expanduser(p)))
 
+    logdir = absolute(g["logdir"])
+    defaults = {"logdir": logdir, "log_max_bytes": g["log_max_bytes"], "log_backups": g["log_backups"]}
     programs: dict[str, ProgramConfig] = {}
     groups: dict[str, tuple[str, ...]] = {}
     for section in raw.sections:
         kind, _, name = section.partition(":")
         if kind == "program":
-            programs[name] = _build_program(path, name, raw[section], absolute)
+            programs[name] = _build_program(origin.get(section, path), name, raw[section], absolute, defaults)
         elif kind == "group":
             groups[name] = tuple(raw[section]["programs"])
     for gname, members in groups.items():
         for member in members:
             if member not in programs:
-                raise ConfigError(f"{path}: [group:{gname}] programs: no program named {member!r}")
+                file = origin.get(f"group:{gname}", path)
+                raise ConfigError(f"{file}: [group:{gname}] programs: no program named {member!r}")
     ordered = dict(sorted(programs.items(), key=lambda kv: (kv[1].priority, kv[0])))
     return GsuperConfig(
         path=path,
         rundir=absolute(g["rundir"]),
-        logdir=absolute(g["logdir"]),
+        logdir=logdir,
         loglevel=g["loglevel"],
         log_max_bytes=g["log_max_bytes"],
         log_backups=g["log_backups"],
         memory_check_interval_s=max(0.05, g["memory_check_interval"]),
         programs=ordered,
         groups=groups,
+        warnings=warnings,
     )
 
 
-def _build_program(path: str, name: str, sec: Any, absolute: Any) -> ProgramConfig:
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The expanded values of one worker of a program (paths absolute)."""
+
+    command: str | None
+    directory: str
+    environment: tuple[tuple[str, str], ...]
+    logfile: str
+    stderr_logfile: str | None
+
+
+def _template(text: str, absolute: Any) -> str:
+    """A path template: made absolute now when it holds no expansion, else after expanding."""
+    return text if "%" in text else absolute(text)
+
+
+def worker_settings(program: ProgramConfig, index: int) -> WorkerSettings:
+    """Expand the program's templates for worker `index`. Raises ExpansionError (with the key)."""
+    values = program.expansions(index)
+
+    def one(key: str, text: str) -> str:
+        try:
+            return expand(text, values, os.environ)
+        except ExpansionError as exc:
+            raise ExpansionError(f"{key}: {exc}") from None
+
+    def path(key: str, text: str) -> str:
+        expanded = one(key, text)
+        return os.path.normpath(os.path.join(program.base, os.path.expanduser(expanded)))
+
+    return WorkerSettings(
+        command=None if program.command is None else one("command", program.command),
+        directory=path("directory", program.directory),
+        environment=tuple((k, one("environment", v)) for k, v in program.environment),
+        logfile=path("logfile", program.logfile),
+        stderr_logfile=None if program.stderr_logfile is None else path("stderr_logfile", program.stderr_logfile),
+    )
+
+
+def _escape(path: str) -> str:
+    return path.replace("%", "%%")
+
+
+def _build_program(path: str, name: str, sec: Any, absolute: Any, defaults: dict[str, Any]) -> ProgramConfig:
     where = f"{path}: [program:{name}]"
     runner = sec["runner"]
     mode = sec["mode"] or ("loop" if runner in ("php", "python") else "daemon")
-    directory = absolute(sec["directory"]) if sec["directory"] else os.path.dirname(path)
-    if not os.path.isdir(directory):
-        raise ConfigError(f"{where} directory: no such folder {directory}")
+    main_dir = os.path.dirname(absolute("x"))
+    directory = _template(sec["directory"], absolute) if sec["directory"] else _escape(main_dir)
     script = absolute(sec["script"]) if sec["script"] else None
     handler, command = sec["handler"], sec["command"]
 
@@ -539,22 +657,15 @@ def _build_program(path: str, name: str, sec: Any, absolute: Any) -> ProgramConf
             raise ConfigError(f"{where} bootstrap: file not found: {full}")
         bootstrap.append(full)
 
+    user = _user(where, sec["user"])
     env = sec["environment"] or {}
     interpreter = sec["interpreter"]
-    if runner == "exec":
-        try:
-            argv = shlex.split(command)
-        except ValueError as exc:
-            raise ConfigError(f"{where} command: cannot be split into words ({exc})") from None
-        if not argv:
-            raise ConfigError(f"{where} command: is empty")
-        _require_program(where, "command", argv[0], directory, env)
-    else:
-        _require_program(where, "interpreter", interpreter or RUNNER_INTERPRETERS[runner], directory, env)
     if sec["max_request"] and mode != "loop":
         raise ConfigError(f"{where} max_request: only for mode = loop (a daemon-mode program serves no requests)")
-
-    return ProgramConfig(
+    logfile = sec["logfile"]
+    stderr_logfile = sec["stderr_logfile"]
+    templates = [command or "", directory, logfile or "", stderr_logfile or "", *env.values()]
+    program = ProgramConfig(
         name=name,
         runner=runner,
         mode=mode,
@@ -579,14 +690,88 @@ def _build_program(path: str, name: str, sec: Any, absolute: Any) -> ProgramConf
         environment=tuple(env.items()),
         on_error=sec["on_error"],
         priority=sec["priority"],
+        user=user,
+        autostart=sec["autostart"],
+        logfile=_template(logfile, absolute) if logfile else _escape(os.path.join(defaults["logdir"], f"{name}.log")),
+        stderr_logfile=_template(stderr_logfile, absolute) if stderr_logfile else None,
+        log_max_bytes=defaults["log_max_bytes"] if sec["log_max_bytes"] is None else sec["log_max_bytes"],
+        log_backups=defaults["log_backups"] if sec["log_backups"] is None else sec["log_backups"],
+        here=os.path.dirname(path),
+        base=main_dir,
+        per_worker=any("process_num" in names_used(t) for t in templates),
     )
+    _check_workers(where, program, user)
+    # The runner files, the script and the bootstrap are read by the worker itself, as the user.
+    for entry in [*(b for b in program.bootstrap if "/" in b), script, _runner_file(runner)] if user else []:
+        if entry and user and not user.can(entry, os.R_OK):
+            raise ConfigError(f"{where}: user {user.name} cannot read {entry}")
+    return program
 
 
-def _require_program(where: str, key: str, program: str, directory: str, env: dict[str, str]) -> None:
+def _runner_file(runner: str) -> str | None:
+    from gsuper import runners  # runners imports this module
+
+    return runners.runner_file(runner)
+
+
+def _user(where: str, text: str | None) -> users.User | None:
+    """The `user` key: a known user, and a master that can become it."""
+    if text is None:
+        return None
+    try:
+        user = users.lookup(text)
+    except LookupError as exc:
+        raise ConfigError(f"{where} user: {exc}") from None
+    if os.geteuid() not in (0, user.uid):
+        raise ConfigError(
+            f"{where} user: only a master running as root can run workers as {user.name} "
+            f"(this one would run as uid {os.geteuid()})"
+        )
+    return user
+
+
+def _check_workers(where: str, program: ProgramConfig, user: users.User | None) -> None:
+    """Expand every worker's templates and check what they point to (each distinct value once)."""
+    seen_dirs: set[str] = set()
+    seen_programs: set[tuple[str, str, str | None]] = set()
+    for index in range(program.numprocs if program.per_worker else 1):
+        try:
+            ws = worker_settings(program, index)
+        except ExpansionError as exc:
+            raise ConfigError(f"{where} {exc}") from None
+        if ws.directory not in seen_dirs:
+            seen_dirs.add(ws.directory)
+            if not os.path.isdir(ws.directory):
+                raise ConfigError(f"{where} directory: no such folder {ws.directory}")
+            if user is not None and not user.can(ws.directory, os.R_OK | os.X_OK):
+                raise ConfigError(f"{where} directory: user {user.name} cannot enter {ws.directory}")
+        env = dict(ws.environment)
+        if program.runner == "exec":
+            assert ws.command is not None
+            try:
+                argv = shlex.split(ws.command)
+            except ValueError as exc:
+                raise ConfigError(f"{where} command: cannot be split into words ({exc})") from None
+            if not argv:
+                raise ConfigError(f"{where} command: is empty")
+            key, name = "command", argv[0]
+        else:
+            key, name = "interpreter", program.interpreter or RUNNER_INTERPRETERS[program.runner]
+            name = (shlex.split(name) or [name])[0]
+        if (name, ws.directory, env.get("PATH")) not in seen_programs:
+            seen_programs.add((name, ws.directory, env.get("PATH")))
+            _require_program(where, key, name, ws.directory, env, user)
+
+
+def _require_program(
+    where: str, key: str, program: str, directory: str, env: dict[str, str], user: users.User | None = None
+) -> None:
     if "/" in program:
         full = os.path.join(directory, program)
         if not (os.path.isfile(full) and os.access(full, os.X_OK)):
             raise ConfigError(f"{where} {key}: {full} is not an executable file")
+        if user is not None and not user.can(full, os.X_OK):
+            raise ConfigError(f"{where} {key}: user {user.name} cannot run {full}")
     elif shutil.which(program, path=env.get("PATH", os.environ.get("PATH"))) is None:
         raise ConfigError(f"{where} {key}: {program!r} is not found on PATH")
 
@@ -605,7 +790,9 @@ def reference_markdown() -> str:
         "configuration file's folder. Comments begin with `#` (or `;` at the start of a line).",
         "",
     ]
-    for title, spec in (("[gsuper]", SPEC_GSUPER), ("[program:NAME]", SPEC_PROGRAM), ("[group:NAME]", SPEC_GROUP)):
+    specs = [("[gsuper]", SPEC_GSUPER), ("[program:NAME]", SPEC_PROGRAM), ("[group:NAME]", SPEC_GROUP)]
+    specs.append(("[include]", SPEC_INCLUDE))
+    for title, spec in specs:
         out += [f"## `{title}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         doc = ""
         for line in spec.strip().splitlines():

@@ -111,6 +111,36 @@ class LogFile:
             self._fd = None
 
 
+class LogFiles:
+    """The programs' log files, one LogFile per path, shared by every worker that writes there.
+
+    Paths come from each program's `logfile` and `stderr_logfile` (expanded per worker), so two
+    programs, or two workers, naming one file share one LogFile and one rotation.
+    """
+
+    def __init__(self, on_error: Callable[[str], None] | None = None) -> None:
+        self.files: dict[str, LogFile] = {}
+        self.on_error = on_error
+
+    def get(self, path: str, max_bytes: int, backups: int) -> LogFile:
+        """The LogFile of `path` (created on first use; the latest rotation settings win)."""
+        logfile = self.files.get(path)
+        if logfile is None:
+            logfile = self.files[path] = LogFile(path, max_bytes, backups, self.on_error)
+        else:
+            logfile.max_bytes, logfile.backups = max_bytes, backups
+        return logfile
+
+    def reopen(self) -> None:
+        """Reopen every file (SIGUSR1, after logrotate moved them)."""
+        for logfile in self.files.values():
+            logfile.reopen()
+
+    def values(self) -> list[LogFile]:
+        """Every LogFile."""
+        return list(self.files.values())
+
+
 class LogFileHandler(logging.Handler):
     """A logging handler writing to a LogFile (the master log)."""
 

@@ -27,7 +27,7 @@ from gsuper.commands import Commands, Refused
 from gsuper.control import ControlServer
 from gsuper.daemon import PidFile, describe
 from gsuper.events import Event, EventStream
-from gsuper.logs import LogFile, setup_master_logging
+from gsuper.logs import LogFile, LogFiles, setup_master_logging
 from gsuper.monitor import MemoryCheck, Monitor, sample_rss
 from gsuper.program import Program, RollingError
 from gsuper.reload import Kind, plan_reload
@@ -54,7 +54,7 @@ class Master:
         self.foreground = foreground
         self.started_at = time.monotonic()
         self.programs: dict[str, Program] = {}
-        self.logfiles: dict[str, LogFile] = {}
+        self.logfiles = LogFiles(log.warning)  # the programs' logfile and stderr_logfile, by path
         self.events = EventStream()
         self.pidfile = PidFile(cfg.pidfile)
         self.commands = Commands(self)
@@ -92,9 +92,11 @@ class Master:
             gevent.spawn(self._signal_loop)
             gevent.spawn(self.monitor.run_forever, gevent.sleep)
             log.info("master %d started with %s", os.getpid(), self.config.path)
+            for warning in self.config.warnings:  # e.g. an [include] glob that matches no file
+                log.warning("%s", warning)
             if SETPRIV is None:
                 log.warning("setpriv (util-linux) is not installed: workers will not get SIGTERM if the master dies")
-            selected = self.only if self.only is not None else list(self.config.programs)
+            selected = self.only if self.only is not None else self.config.autostarted()
             for pcfg in self.config.programs.values():
                 self.programs[pcfg.name] = self._make_program(pcfg)
             self.start_programs(selected)
@@ -122,12 +124,10 @@ class Master:
             log.info("master %d exited", os.getpid())
 
     def _make_program(self, pcfg: config.ProgramConfig) -> Program:
-        logfile = self.logfiles.get(pcfg.name)
-        if logfile is None:
-            path = os.path.join(self.config.logdir, f"{pcfg.name}.log")
-            logfile = LogFile(path, self.config.log_max_bytes, self.config.log_backups, log.warning)
-            self.logfiles[pcfg.name] = logfile
-        return Program(pcfg, logfile, self.events)
+        program = Program(pcfg, self.logfiles, self.events)
+        if not pcfg.autostart:  # shown as STOPPED until `start -p NAME`
+            program.add_slots()
+        return program
 
     def _by_priority(self, names: Iterable[str], descending: bool = False) -> list[list[Program]]:
         levels: dict[int, list[Program]] = defaultdict(list)
@@ -193,8 +193,7 @@ class Master:
     def handle_sigusr1(self) -> None:
         """Reopen every log file (after logrotate moved them)."""
         self.master_log.reopen()
-        for logfile in self.logfiles.values():
-            logfile.reopen()
+        self.logfiles.reopen()
         log.info("log files reopened")
 
     # -- the takeover record ------------------------------------------------------------------
@@ -267,6 +266,8 @@ class Master:
             self._exclusive("reload")
         except Refused:
             return {"ok": False, "error": "a reload, rolling restart or stop is already in progress"}
+        for warning in new.warnings:  # e.g. an [include] glob that matches no file
+            log.warning("reload: %s", warning)
         try:
             changes, errors = self._apply(new)
         finally:
@@ -313,8 +314,11 @@ class Master:
         added = [c.name for c in plan.of_kind(Kind.ADD)]
         for name in added:
             self.programs[name] = self._make_program(new.programs[name])
-        self.start_programs(added)
-        changes.extend(f"added {n}: {new.programs[n].numprocs} workers started" for n in added)
+        self.start_programs([n for n in added if new.programs[n].autostart])
+        for name in added:
+            pcfg = new.programs[name]
+            started = f"{pcfg.numprocs} workers started" if pcfg.autostart else "not started (autostart = false)"
+            changes.append(f"added {name}: {started}")
         for line in changes:
             log.info("reload: %s", line)
         return changes, errors

@@ -11,7 +11,7 @@ import gevent
 
 from gsuper.config import ProgramConfig
 from gsuper.events import Event, EventStream
-from gsuper.logs import LogFile
+from gsuper.logs import LogFile, LogFiles
 from gsuper.policy import Rules
 from gsuper.record import Entry
 from gsuper.spawn import launch_worker
@@ -37,13 +37,13 @@ class Program:
     def __init__(
         self,
         config: ProgramConfig,
-        logfile: LogFile,
+        logfile: LogFile | LogFiles,
         events: EventStream | None = None,
         spawner: Spawner = launch_worker,
         clock: Clock = REAL_CLOCK,
     ) -> None:
         self._config = config
-        self.logfile = logfile
+        self.logfile = logfile  # LogFiles: each worker takes its logfile and stderr_logfile there
         self.events = events
         self.spawner = spawner
         self.clock = clock
@@ -91,10 +91,14 @@ class Program:
     def _new_worker(self, index: int, config: ProgramConfig | None = None) -> Worker:
         return Worker(config or self._config, index, self.logfile, self.events, self.spawner, self.clock)
 
-    def start(self) -> None:
-        """Start every slot (creating numprocs of them); return once each has been spawned."""
+    def add_slots(self) -> None:
+        """Create the numprocs slots without starting them (autostart = false: shown STOPPED)."""
         while len(self.workers) < self._config.numprocs:
             self.workers.append(self._new_worker(len(self.workers)))
+
+    def start(self) -> None:
+        """Start every slot (creating numprocs of them); return once each has been spawned."""
+        self.add_slots()
         gevent.joinall([gevent.spawn(w.start) for w in self.workers])
 
     def stop(self, timeout_s: float | None = None) -> None:

@@ -2,6 +2,9 @@
 
 The php, python and shell runners are files under ``runners/`` (installed inside the package as
 ``gsuper/runner_files``); they read their settings from ``GSUPER_*`` variables (docs/runners.md).
+
+Spawning is a hot path (bench/supervise.py): argv, environment and paths are worked out once
+per program config, and per worker only when a template uses ``%(process_num)``.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import functools
 import os
 import shlex
 
-from gsuper.config import RUNNER_INTERPRETERS, ProgramConfig
+from gsuper.config import RUNNER_INTERPRETERS, ProgramConfig, WorkerSettings, worker_settings
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _RUNNER_FILES = {"php": "php/worker.php", "python": "python/worker.py", "shell": "shell/worker.sh"}
@@ -24,25 +27,55 @@ def runners_dir() -> str:
     return os.path.join(os.path.dirname(_HERE), "runners")
 
 
-@functools.lru_cache(maxsize=1024)
-def _argv(program: ProgramConfig) -> tuple[str, ...]:
+def runner_file(runner: str) -> str | None:
+    """The file a runner's interpreter runs (None for exec)."""
+    name = _RUNNER_FILES.get(runner)
+    return os.path.join(runners_dir(), name) if name else None
+
+
+def _key(program: ProgramConfig, index: int) -> int:
+    # Programs whose templates do not use %(process_num) share one cache entry for every worker.
+    return index if program.per_worker else 0
+
+
+@functools.lru_cache(maxsize=8192)
+def _settings(program: ProgramConfig, index: int) -> WorkerSettings:
+    return worker_settings(program, index)
+
+
+def settings(program: ProgramConfig, index: int) -> WorkerSettings:
+    """One worker's expanded command, directory, environment and log files (cached).
+
+    The config was checked by expanding every worker's templates, so this does not raise for a
+    worker below numprocs; above it (after `scale`), a bad value shows at spawn.
+    """
+    return _settings(program, _key(program, index))
+
+
+@functools.lru_cache(maxsize=8192)
+def _argv(program: ProgramConfig, index: int) -> tuple[str, ...]:
     if program.runner == "exec":
-        assert program.command is not None
-        return tuple(shlex.split(program.command))
+        command = _settings(program, index).command
+        assert command is not None
+        return tuple(shlex.split(command))
     interpreter = program.interpreter or RUNNER_INTERPRETERS[program.runner]
     return (*shlex.split(interpreter), os.path.join(runners_dir(), _RUNNER_FILES[program.runner]))
 
 
-def argv_for(program: ProgramConfig) -> list[str]:
-    """The command line that starts one worker of the program (worked out once per config)."""
-    return list(_argv(program))
+def argv_for(program: ProgramConfig, index: int = 0) -> list[str]:
+    """The command line that starts worker `index` of the program (worked out once per config)."""
+    return list(_argv(program, _key(program, index)))
 
 
-@functools.lru_cache(maxsize=1024)
-def _program_env(program: ProgramConfig) -> dict[str, str]:
+@functools.lru_cache(maxsize=8192)
+def _program_env(program: ProgramConfig, index: int) -> dict[str, str]:
     # The master's environment does not change while it runs: copy it once per program config.
     env = dict(os.environ)
-    env.update(program.environment)
+    user = program.user
+    if user is not None:
+        # As a login would: tools (composer, git, pip) look in HOME; `environment` may override.
+        env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
+    env.update(_settings(program, index).environment)
     env.update(
         GSUPER_PROGRAM=program.name,
         GSUPER_MODE=program.mode,
@@ -64,6 +97,6 @@ def env_for(program: ProgramConfig, index: int, status_fd: int, max_request: int
 
     `max_request` is this life's limit, with the jitter already drawn.
     """
-    env = dict(_program_env(program))
+    env = dict(_program_env(program, _key(program, index)))
     env.update(GSUPER_WORKER=str(index), GSUPER_STATUS_FD=str(status_fd), GSUPER_MAX_REQUEST=str(max_request))
     return env

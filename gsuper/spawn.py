@@ -9,6 +9,7 @@ watcher, the mechanism under gevent's `Popen.wait()`, tells the waiting greenlet
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ import gevent.event
 from gsuper import runners
 from gsuper.config import ProgramConfig
 from gsuper.logs import PipeReader
+from gsuper.users import User
 
 SETPRIV = shutil.which("setpriv")
 STATUS_LINE_MAX = 65536  # a status report longer than this without a newline is cut
@@ -53,18 +55,45 @@ class Child:
         return self.returncode
 
 
-def spawn(argv: list[str], env: dict[str, str], cwd: str, output_fd: int, keep_fd: int) -> Child:
-    """Start argv in `cwd`, in a new session, stdin from /dev/null, stdout and stderr to
-    `output_fd`, with `keep_fd` left open at its number. Raises OSError when it cannot start.
+def setpriv_argv(argv: list[str], user: User | None = None) -> list[str]:
+    """The command line that runs argv through setpriv: parent-death signal, and the user.
+
+    setpriv changes the ids before it sets the parent-death signal, so the kernel (which clears
+    that signal when the credentials change) keeps it. Raises OSError when a user is asked for
+    but setpriv is missing: running the worker as root instead would be worse than not at all.
+    """
+    # `user` naming the master's own user (allowed without root) changes nothing: no setpriv ids,
+    # which would need root for --init-groups.
+    other = user is not None and user.uid != os.geteuid()
+    if SETPRIV is None:
+        if other:
+            raise OSError(errno.ENOENT, "setpriv (util-linux) is needed to run a worker as another user")
+        return argv
+    ids = ["--reuid", str(user.uid), "--regid", str(user.gid), "--init-groups"] if other and user else []
+    return [SETPRIV, *ids, "--pdeathsig", "TERM", "--", *argv]
+
+
+def spawn(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str,
+    output_fd: int,
+    keep_fd: int,
+    user: User | None = None,
+    error_fd: int | None = None,
+) -> Child:
+    """Start argv in `cwd`, in a new session, stdin from /dev/null, stdout to `output_fd` and
+    stderr to `error_fd` (default: `output_fd` too), with `keep_fd` left open at its number, as
+    `user` when given. Raises OSError when it cannot start.
 
     The master is single-threaded, so changing its working directory around the spawn is safe;
     every path it uses itself is absolute.
     """
-    command = [SETPRIV, "--pdeathsig", "TERM", "--", *argv] if SETPRIV else argv
+    command = setpriv_argv(argv, user)
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_DUP2, output_fd, 1),
-        (os.POSIX_SPAWN_DUP2, output_fd, 2),
+        (os.POSIX_SPAWN_DUP2, output_fd if error_fd is None else error_fd, 2),
     ]
     os.set_inheritable(keep_fd, True)
     try:
@@ -83,11 +112,12 @@ def spawn(argv: list[str], env: dict[str, str], cwd: str, output_fd: int, keep_f
 class WorkerProcess:
     """A spawned worker: its :class:`Child` and the readers of its output and status pipes."""
 
-    def __init__(self, child: Child, output: PipeReader, status: PipeReader) -> None:
+    def __init__(self, child: Child, output: PipeReader, status: PipeReader, errors: PipeReader | None = None) -> None:
         self.child = child
         self.pid = child.pid
         self._output = output
         self._status = status
+        self._errors = errors  # stderr's own reader, with stderr_logfile
 
     @property
     def returncode(self) -> int | None:
@@ -113,23 +143,35 @@ def launch_worker(
     max_request: int,
     on_output: Callable[[bytes], None],
     on_reports: Callable[[bytes], None],
+    on_errors: Callable[[bytes], None] | None = None,
 ) -> WorkerProcess:
     """The real spawner of a worker slot: pipes, argv and environment, the process, the readers.
 
+    With `on_errors`, stderr gets a pipe of its own; else it shares stdout's (one ordered
+    stream). The worker runs in its own `directory` (expanded), as the program's `user`.
     Raises OSError (with the reason) when the process cannot be started.
     """
+    settings = runners.settings(config, index)
     status_r, status_w = os.pipe()
     out_r, out_w = os.pipe()
-    for fd in (status_r, out_r):
+    err_r: int | None = None
+    err_w: int | None = None
+    if on_errors is not None:
+        err_r, err_w = os.pipe()
+    readers = [fd for fd in (status_r, out_r, err_r) if fd is not None]
+    for fd in readers:
         os.set_blocking(fd, False)
-    argv = runners.argv_for(config)
+    argv = runners.argv_for(config, index)
+    env = runners.env_for(config, index, status_w, max_request)
     try:
-        child = spawn(argv, runners.env_for(config, index, status_w, max_request), config.directory, out_w, status_w)
+        child = spawn(argv, env, settings.directory, out_w, status_w, config.user, err_w)
     except OSError:
-        for fd in (status_r, out_r):
+        for fd in readers:
             os.close(fd)
         raise
     finally:
-        os.close(status_w)
-        os.close(out_w)
-    return WorkerProcess(child, PipeReader(out_r, on_output), PipeReader(status_r, on_reports, STATUS_LINE_MAX))
+        for write_end in (status_w, out_w, err_w):
+            if write_end is not None:
+                os.close(write_end)
+    errors = PipeReader(err_r, on_errors) if err_r is not None and on_errors is not None else None
+    return WorkerProcess(child, PipeReader(out_r, on_output), PipeReader(status_r, on_reports, STATUS_LINE_MAX), errors)

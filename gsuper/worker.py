@@ -28,7 +28,7 @@ import gevent.event
 from gsuper import runners
 from gsuper.config import ProgramConfig
 from gsuper.events import Event, EventStream
-from gsuper.logs import LogFile, output_to_log
+from gsuper.logs import LogFile, LogFiles, output_to_log
 from gsuper.policy import Action, Decision, Exit, ExitReason, Rules, decide
 from gsuper.spawn import launch_worker
 from gsuper.states import LIVE_STATES, STOPPABLE_STATES, ProcessState, check_transition
@@ -59,8 +59,20 @@ class Process(Protocol):
         """Signal the process group the worker leads (raises OSError)."""
 
 
-#: spawner(config, index, max_request, on_output, on_reports) -> Process; raises OSError.
-Spawner = Callable[[ProgramConfig, int, int, Callable[[bytes], None], Callable[[bytes], None]], Process]
+class Spawner(Protocol):
+    """spawner(config, index, max_request, on_output, on_reports[, on_errors]) -> Process; raises
+    OSError. `on_errors` (stderr apart, for stderr_logfile) is passed only when it is wanted."""
+
+    def __call__(
+        self,
+        config: ProgramConfig,
+        index: int,
+        max_request: int,
+        on_output: Callable[[bytes], None],
+        on_reports: Callable[[bytes], None],
+        on_errors: Callable[[bytes], None] | None = None,
+    ) -> Process:
+        """Start one worker process."""
 
 
 class Clock(Protocol):
@@ -97,14 +109,14 @@ class Worker:
         self,
         config: ProgramConfig,
         index: int,
-        logfile: LogFile,
+        logfile: LogFile | LogFiles,
         events: EventStream | None = None,
         spawner: Spawner = launch_worker,
         clock: Clock = REAL_CLOCK,
     ) -> None:
         self.config = config
         self.index = index
-        self.logfile = logfile
+        self.logfile = logfile  # LogFiles: each worker's logfile and stderr_logfile by path
         self.events = events
         self.spawner = spawner
         self.clock = clock
@@ -212,6 +224,7 @@ class Worker:
             "rss_bytes": self.rss_bytes if alive else None,
             "last_exit": self.last_exit,
             "last_error": self.last_error,
+            "user": self.config.user.name if self.config.user else None,
             "stop_in_s": round(max(0.0, (self.stop_deadline or now) - now), 1) if stopping else None,
         }
 
@@ -260,9 +273,15 @@ class Worker:
         if max_request and config.max_request_jitter:
             max_request += random.randint(0, config.max_request_jitter)
         try:
-            proc = self.spawner(config, self.index, max_request, output_to_log(self.index, self.logfile), self._on_reports)
+            out, err = self._log_files()
+            on_output = output_to_log(self.index, out)
+            if err is None:
+                proc = self.spawner(config, self.index, max_request, on_output, self._on_reports)
+            else:
+                on_errors = output_to_log(self.index, err)
+                proc = self.spawner(config, self.index, max_request, on_output, self._on_reports, on_errors=on_errors)
         except OSError as exc:
-            self.last_error = f"cannot start {runners.argv_for(config)[0]}: {exc.strerror}"
+            self.last_error = f"cannot start {runners.argv_for(config, self.index)[0]}: {exc.strerror}"
             log.error("%s: %s", self.name, self.last_error)
             return None
         self.proc, self.pid = proc, proc.pid
@@ -273,6 +292,17 @@ class Worker:
         log.debug("%s: spawned pid %d", self.name, proc.pid)
         self._emit("started")
         return proc
+
+    def _log_files(self) -> tuple[LogFile, LogFile | None]:
+        """Where this worker's stdout and (when apart) stderr go."""
+        if not isinstance(self.logfile, LogFiles):
+            return self.logfile, None
+        settings = runners.settings(self.config, self.index)
+        config = self.config
+        out = self.logfile.get(settings.logfile, config.log_max_bytes, config.log_backups)
+        if settings.stderr_logfile is None:
+            return out, None
+        return out, self.logfile.get(settings.stderr_logfile, config.log_max_bytes, config.log_backups)
 
     def _apply(self, exit: Exit) -> bool:
         """Record an exit and apply the policy's decision; return True to spawn again."""
@@ -323,7 +353,7 @@ class Worker:
         log.info("%s (pid %s) exited: %s, code %s, after %.2fs", self.name, self.pid, reason, exit.code, exit.uptime_s)
         if exit.code in (126, 127) and exit.uptime_s < Rules.of(self.config).started_after_s:
             # The exec itself failed (the program's log has the shell's or setpriv's words).
-            self.last_error = f"could not execute {runners.argv_for(self.config)[0]} (exit {exit.code})"
+            self.last_error = f"could not execute {runners.argv_for(self.config, self.index)[0]} (exit {exit.code})"
         self._emit("exit", reason=reason, code=exit.code, data={"uptime_s": round(exit.uptime_s, 3)})
 
     def _startsecs_passed(self) -> None:
