@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from configobj import ConfigObj
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gsuper import importers
 from gsuper.importers import ImportFailure, legacy, pm2, supervisor
@@ -439,3 +441,17 @@ def test_rendered_imports_load_as_gsuper_configs(tmp_path: Path) -> None:
         cfg = config.load(str(path))
         assert set(cfg.programs) == {p.name for p in imp.programs}, path.read_text()
     assert cfg.programs["w"].numprocs == 2 and cfg.programs["w"].stop_timeout_s == 5
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1))
+def test_any_value_reads_back_unchanged_or_is_a_note(value: str) -> None:
+    from gsuper.config import unquote
+
+    sec = importers.Section("program:p")
+    sec.set("command", value)
+    if sec.keys:
+        read = ConfigObj([f"command = {importers.ini_value(value)}"], list_values=False, interpolation=False)
+        assert unquote(read["command"]) == value
+    else:
+        assert [s.key for s in sec.skipped] == ["command"]

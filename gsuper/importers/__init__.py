@@ -44,6 +44,10 @@ class Section:
         """Set a gsuper key (a later value of the same key replaces the earlier one)."""
         text = _text(value)
         self.keys = [(k, v) for k, v in self.keys if k != key]
+        if ini_value(text) is None:
+            why = "a gsuper.ini value cannot hold both kinds of quote with a '#' or a leading quote; put it in a script"
+            self.skip(key, text, why)
+            return
         self.keys.append((key, text))
 
     def get(self, key: str) -> str | None:
@@ -199,14 +203,14 @@ def evaluate(tool: str, argv: list[str], path: str, cwd: str) -> str:
 # Rendering: the one place INI text is written.
 
 
-def ini_value(value: str) -> str:
-    """A value as configobj reads it back unchanged: quoted whole when it holds a `#` or quotes."""
+def ini_value(value: str) -> str | None:
+    """A value as configobj reads it back unchanged (quoted whole when it must be), or None if none does."""
     if value == "" or ("#" not in value and value[0] not in "'\"" and value == value.strip()):
         return value
     for quote in ("'", '"'):
         if quote not in value:
             return f"{quote}{value}{quote}"
-    return value
+    return None
 
 
 def _comment(text: str) -> str:
@@ -228,7 +232,7 @@ def render(imp: Imported) -> str:
         if sec is imp.gsuper and not (sec.keys or sec.comments or sec.skipped):
             continue
         out += ["", f"[{sec.header}]"]
-        out += [f"{k} = {ini_value(v)}" for k, v in sec.keys]
+        out += [f"{k} = {ini_value(v)}" for k, v in sec.keys]  # set() kept only values ini_value can write
         out += [_comment(c) for c in sec.comments]
         out += [_skipped_line(s) for s in sec.skipped]
     return "\n".join(out) + "\n"
