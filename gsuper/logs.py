@@ -136,6 +136,11 @@ class LogFiles:
         for logfile in self.files.values():
             logfile.reopen()
 
+    def keep_only(self, paths: set[str]) -> None:
+        """Close and forget the files no worker writes to any more (after a reload moved them)."""
+        for path in [p for p in self.files if p not in paths]:
+            self.files.pop(path).close()
+
     def values(self) -> list[LogFile]:
         """Every LogFile."""
         return list(self.files.values())

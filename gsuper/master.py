@@ -22,7 +22,7 @@ import gevent.event
 import gevent.queue
 import psutil
 
-from gsuper import __version__, config, osutil, record
+from gsuper import __version__, config, osutil, record, runners
 from gsuper.commands import Commands, Refused
 from gsuper.control import ControlServer
 from gsuper.daemon import PidFile, describe
@@ -321,7 +321,17 @@ class Master:
             changes.append(f"added {name}: {started}")
         for line in changes:
             log.info("reload: %s", line)
+        self.logfiles.keep_only(self._log_paths())
         return changes, errors
+
+    def _log_paths(self) -> set[str]:
+        """The logfile and stderr_logfile paths of every worker slot, as each one is configured."""
+        paths: set[str] = set()
+        for program in self.programs.values():
+            for w in program.workers:
+                settings = runners.settings(w.config, w.index)
+                paths.update(p for p in (settings.logfile, settings.stderr_logfile) if p)
+        return paths
 
 
 def _announce_leftovers(count: int) -> None:

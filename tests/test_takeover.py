@@ -317,6 +317,23 @@ def test_split_logs_rotate_and_reopen(gs):
     gs.run("-s", "stop", check=True)
 
 
+def test_reload_moves_a_log_and_closes_the_old_file(gs):
+    gs.write("[program:m]\ncommand = sh -c 'echo hi from $$; exec sleep 30'\nlogfile = a.log\nstartsecs = 0\n")
+    gs.start()
+    wait_for(lambda: (gs.root / "a.log").exists() and "hi from" in (gs.root / "a.log").read_text(), what="a.log")
+
+    def master_opens(name: str) -> bool:
+        fds = Path(f"/proc/{gs.master_pid()}/fd")
+        return any(os.path.realpath(fd) == str(gs.root / name) for fd in fds.iterdir())
+
+    assert master_opens("a.log")
+    gs.write("[program:m]\ncommand = sh -c 'echo hi from $$; exec sleep 30'\nlogfile = b.log\nstartsecs = 0\n")
+    assert "changed m" in gs.run("-s", "reload", check=True).stdout
+    wait_for(lambda: (gs.root / "b.log").exists() and "hi from" in (gs.root / "b.log").read_text(), what="b.log")
+    assert master_opens("b.log") and not master_opens("a.log")
+    gs.run("-s", "stop", check=True)
+
+
 # -- expansions -----------------------------------------------------------------------------
 
 
