@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -455,3 +456,27 @@ def test_any_value_reads_back_unchanged_or_is_a_note(value: str) -> None:
         assert unquote(read["command"]) == value
     else:
         assert [s.key for s in sec.skipped] == ["command"]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("ecosystem.config.js", "console.log('noise on stdout');\nmodule.exports = { apps: [{ name: 'w', script: 'w.js' }] };"),
+        ("ecosystem.config.js", "module.exports = () => ({ apps: [{ name: 'w', script: 'w.js' }] });"),
+        ("ecosystem.config.mjs", "export default { apps: [{ name: 'w', script: 'w.js' }] };"),
+        ("ecosystem.config.cjs", "module.exports = { apps: [{ name: 'w', script: 'w.js', cwd: __dirname }] };"),
+    ],
+)
+def test_pm2_javascript_is_loaded_as_pm2_loads_it(tmp_path: Path, name: str, code: str) -> None:
+    (tmp_path / name).write_text(code)
+    data = pm2.read(str(tmp_path / name))
+    assert data["apps"][0]["name"] == "w"
+
+
+def test_supervisor_error_in_an_included_file_names_that_file(tmp_path: Path) -> None:
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "supervisord.conf").write_text("[include]\nfiles = conf.d/*.conf\n")
+    (tmp_path / "conf.d" / "bad.conf").write_text("[program:x]\ncommand = a\n  \nnot a line\n")
+    with pytest.raises(ImportFailure, match=r"conf.d/bad.conf: line 4: "):
+        supervisor.read(str(tmp_path / "supervisord.conf"))
