@@ -546,7 +546,7 @@ def _build(path: str, raw: Any, origin: dict[str, str], warnings: tuple[str, ...
         return os.path.normpath(os.path.join(root, os.path.expanduser(p)))
 
     logdir = absolute(g["logdir"])
-    defaults = {"logdir": logdir, "log_max_bytes": g["log_max_bytes"], "log_backups": g["log_backups"]}
+    defaults = {"base": base, "logdir": logdir, "log_max_bytes": g["log_max_bytes"], "log_backups": g["log_backups"]}
     programs: dict[str, ProgramConfig] = {}
     groups: dict[str, tuple[str, ...]] = {}
     for section in raw.sections:
@@ -587,8 +587,11 @@ class WorkerSettings:
 
 
 def _template(text: str, absolute: Any) -> str:
-    """A path template: made absolute now when it holds no expansion, else after expanding."""
-    return text if "%" in text else absolute(text)
+    """A path template: made absolute now when it holds no expansion, else after expanding.
+
+    The folder joined in is escaped, so a `%` in it stays literal when the template is expanded.
+    """
+    return text if "%" in text else _escape(absolute(text))
 
 
 def worker_settings(program: ProgramConfig, index: int) -> WorkerSettings:
@@ -622,7 +625,7 @@ def _build_program(path: str, name: str, sec: Any, absolute: Any, defaults: dict
     where = f"{path}: [program:{name}]"
     runner = sec["runner"]
     mode = sec["mode"] or ("loop" if runner in ("php", "python") else "daemon")
-    main_dir = os.path.dirname(absolute("x"))
+    main_dir = defaults["base"]  # relative paths, in included files too, are the main file's
     directory = _template(sec["directory"], absolute) if sec["directory"] else _escape(main_dir)
     script = absolute(sec["script"]) if sec["script"] else None
     handler, command = sec["handler"], sec["command"]

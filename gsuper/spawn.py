@@ -152,6 +152,9 @@ def launch_worker(
     Raises OSError (with the reason) when the process cannot be started.
     """
     settings = runners.settings(config, index)
+    # `check` saw every folder below numprocs; one that differs per worker may be missing above it.
+    if config.per_worker and not os.path.isdir(settings.directory):
+        raise OSError(errno.ENOENT, f"no such folder {settings.directory}")
     status_r, status_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r: int | None = None

@@ -362,6 +362,18 @@ def test_expansions_per_worker(gs, monkeypatch):
     gs.run("-s", "stop", check=True)
 
 
+def test_scale_above_numprocs_to_a_missing_per_worker_folder_says_so(gs):
+    (gs.root / "d0").mkdir()
+    gs.write("[program:w]\ncommand = sleep 30\ndirectory = d%(process_num)d\nstartsecs = 0\n")
+    gs.start()
+    gs.wait_workers("w")
+    gs.run("-s", "scale", "w=2")
+    rows = wait_for(lambda: [w for w in gs.workers("w") if w["index"] == 1 and w["last_error"]], what="worker 1's error")
+    assert f"no such folder {gs.root / 'd1'}" in rows[0]["last_error"]
+    assert gs.workers("w")[0]["state"] == "RUNNING"
+    gs.run("-s", "stop", check=True)
+
+
 @pytest.mark.parametrize(
     "line,expected",
     [
@@ -464,3 +476,15 @@ def test_non_root_master_may_name_its_own_user(open_gs):
     wait_for(lambda: "started 0 as nobody" in gs.log("w"), what="the worker's line")
     assert run("-s", "stop").returncode == 0
     assert "drained 0" in gs.log("w")
+
+
+def test_a_percent_in_the_config_folder_stays_literal(tmp_path):
+    from gsuper import config, runners
+
+    folder = tmp_path / "odd%(name)s%%dir"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "gsuper.ini").write_text("[program:a]\ncommand = sleep 1\n[program:b]\ncommand = sleep 1\ndirectory = sub\n")
+    cfg = config.load(str(folder / "gsuper.ini"))
+    a, b = runners.settings(cfg.programs["a"], 0), runners.settings(cfg.programs["b"], 0)
+    assert (a.directory, a.logfile) == (str(folder), str(folder / "log" / "a.log"))
+    assert b.directory == str(folder / "sub")
