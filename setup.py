@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.11",
     # runners/ ships inside the package as gsuper/runner_files (gsuper.runners is the module
     # that builds the command lines; a package of the same name would shadow it).
-    packages=["gsuper", "gsuper.runner_files"],
+    packages=["gsuper", "gsuper.importers", "gsuper.runner_files"],
     package_dir={"gsuper": "gsuper", "gsuper.runner_files": "runners"},
     package_data={"gsuper.runner_files": ["php/*.php", "python/*.py", "shell/*.sh"]},
     install_requires=[

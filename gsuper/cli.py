@@ -10,6 +10,7 @@ Usage:
   gsuper -s tail    [-c FILE] [-p NAME] [-n LINES] [-f]
   gsuper -s status  [-c FILE] [-p NAME]... [-g GROUP]... [--json]
   gsuper -s check   [-c FILE]
+  gsuper -s import  FILE
   gsuper help [COMMAND]
   gsuper -h | --help
   gsuper --version
@@ -42,7 +43,7 @@ from docopt import DocoptExit, docopt
 from gsuper import __version__, config, control, daemon
 from gsuper.states import LIVE_STATE_NAMES
 
-COMMANDS = ("start", "stop", "exit", "restart", "reload", "scale", "tail", "status", "check")
+COMMANDS = ("start", "stop", "exit", "restart", "reload", "scale", "tail", "status", "check", "import")
 HELP = {
     "start": "Start the master and its workers (daemonized; --foreground keeps it in the terminal).\n"
     "With -p/-g and a running master, start just those programs.",
@@ -56,6 +57,8 @@ HELP = {
     "tail": "Print a program's log (the master's with no -p); -f follows it across rotation.",
     "status": "One row per worker; --json prints one JSON document.",
     "check": "Validate the configuration and start nothing (like nginx -t).",
+    "import": "Print a gsuper.ini equivalent to a supervisord.conf, a PM2 ecosystem file or the original\n"
+    "manager's serviceConf.php; what does not carry over is a comment, and named on stderr.",
 }
 
 
@@ -185,6 +188,20 @@ def cmd_check(args: dict[str, Any]) -> int:
     cfg = _load(args, warn=True)
     workers = sum(p.numprocs for p in cfg.programs.values())
     print(f"{cfg.path}: configuration OK ({len(cfg.programs)} programs, {workers} workers, {len(cfg.groups)} groups)")
+    return 0
+
+
+def cmd_import(args: dict[str, Any]) -> int:
+    """Print the gsuper.ini equivalent of another process manager's configuration."""
+    from gsuper import importers
+
+    try:
+        imported = importers.import_file(args["FILE"])
+    except importers.ImportFailure as exc:
+        raise Fail(str(exc), 2) from None
+    for line in imported.warnings + importers.not_imported(imported):
+        print(f"gsuper: {line}", file=sys.stderr)
+    sys.stdout.write(importers.render(imported))
     return 0
 
 

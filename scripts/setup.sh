@@ -8,6 +8,11 @@ need=()
 command -v php >/dev/null 2>&1 || need+=(php-cli)
 php -m 2>/dev/null | grep -qix redis || need+=(php-redis)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# gsuper -s import: real Laravel 8 and Symfony Messenger workers in its tests, node for .config.js.
+[ -f /usr/share/php/Illuminate/autoload.php ] || need+=(php-laravel-framework)
+[ -f /usr/share/php/Symfony/Component/Messenger/autoload.php ] || need+=(php-symfony-messenger)
+[ -f /usr/share/php/Symfony/Component/Messenger/Bridge/Redis/autoload.php ] || need+=(php-symfony-redis-messenger)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
