@@ -89,6 +89,10 @@ def spawn(
     The master is single-threaded, so changing its working directory around the spawn is safe;
     every path it uses itself is absolute.
     """
+    # gevent installs libev's SIGCHLD handler only when the first child watcher is made: a first
+    # child that exited before that (a crash loop's very first start, on a loaded machine) was
+    # never reaped nor seen. Installed before any spawn, every exit reaches its watcher.
+    gevent.get_hub().loop.install_sigchld()
     command = setpriv_argv(argv, user)
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
