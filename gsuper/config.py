@@ -58,8 +58,20 @@ command = text(default=None)
 interpreter = text(default=None)
 # Hooks loaded once before the business code (PHP require_once, Python run or import, shell source).
 bootstrap = path_list(default=list())
-# Number of worker processes of the program (workNum in the original).
+# Number of worker processes of the program (workNum in the original); with numprocs_max above it, the minimum.
 numprocs = integer(min=1, max={MAX_WORKERS}, default=1)
+# Workers at most: above numprocs, the count follows scale_source's backlog between the two. Default: numprocs (no autoscaling).
+numprocs_max = integer(min=1, max={MAX_WORKERS}, default=None)
+# The backlog: redis://HOST:PORT/DB/KEY (the length of that Redis list) or command:CMD (sh -c CMD prints one number).
+scale_source = text(default=None)
+# The backlog each worker should have at most: the count wanted is ceil(backlog / this).
+scale_jobs_per_worker = integer(min=1, default=10)
+# Seconds between two backlog readings (a reading slower than this, or than 1 s, fails).
+scale_interval = duration(default="1")
+# Seconds between two changes of the worker count; also how long the backlog must stay low before a scale-down.
+scale_cooldown = duration(default="3")
+# Workers added or removed per change at most.
+scale_step = integer(min=1, max={MAX_WORKERS}, default=1)
 # Requests per worker life; then a clean exit and an immediate fresh worker. 0 = unlimited.
 max_request = integer(min=0, default=0)
 # A random extra of 0..N requests per life, so workers started together do not recycle together.
@@ -291,6 +303,10 @@ VALIDATOR = Validator(
 # The parsed configuration.
 
 
+#: The autoscaling fields: a reload that changes only these (and numprocs) restarts no worker.
+SCALING_FIELDS = ("numprocs_max", "scale_source", "scale_jobs_per_worker", "scale_interval_s", "scale_cooldown_s", "scale_step")
+
+
 @dataclass(frozen=True)
 class ProgramConfig:
     """One [program:NAME] section, parsed: every path absolute, every unit in its name."""
@@ -341,12 +357,24 @@ class ProgramConfig:
             "here": self.here,
             "host_node_name": _HOSTNAME,
         }
+    numprocs_max: int = 0
+    scale_source: str | None = None
+    scale_jobs_per_worker: int = 10
+    scale_interval_s: float = 1.0
+    scale_cooldown_s: float = 3.0
+    scale_step: int = 1
+
+    @property
+    def autoscaled(self) -> bool:
+        """True when the worker count follows the backlog (numprocs_max above numprocs)."""
+        return self.numprocs_max > self.numprocs
 
     def same_except_numprocs(self, other: ProgramConfig) -> bool:
-        """True when the two differ at most in numprocs (a reload then only scales)."""
+        """True when the two differ at most in numprocs and the scale_* keys (a reload then only scales)."""
         from dataclasses import replace
 
-        return replace(self, numprocs=other.numprocs) == other
+        scaling = {k: getattr(other, k) for k in SCALING_FIELDS}
+        return replace(self, numprocs=other.numprocs, **scaling) == other
 
 
 @dataclass(frozen=True)
@@ -663,6 +691,7 @@ def _build_program(path: str, name: str, sec: Any, absolute: Any, defaults: dict
     user = _user(where, sec["user"])
     env = sec["environment"] or {}
     interpreter = sec["interpreter"]
+    numprocs_max = _check_scaling(where, sec)
     if sec["max_request"] and mode != "loop":
         raise ConfigError(f"{where} max_request: only for mode = loop (a daemon-mode program serves no requests)")
     logfile = sec["logfile"]
@@ -702,6 +731,12 @@ def _build_program(path: str, name: str, sec: Any, absolute: Any, defaults: dict
         here=os.path.dirname(path),
         base=main_dir,
         per_worker=any("process_num" in names_used(t) for t in templates),
+        numprocs_max=numprocs_max,
+        scale_source=sec["scale_source"],
+        scale_jobs_per_worker=sec["scale_jobs_per_worker"],
+        scale_interval_s=max(0.05, sec["scale_interval"]),
+        scale_cooldown_s=sec["scale_cooldown"],
+        scale_step=sec["scale_step"],
     )
     _check_workers(where, program, user)
     # The runner files, the script and the bootstrap are read by the worker itself, as the user.
@@ -737,7 +772,8 @@ def _check_workers(where: str, program: ProgramConfig, user: users.User | None) 
     """Expand every worker's templates and check what they point to (each distinct value once)."""
     seen_dirs: set[str] = set()
     seen_programs: set[tuple[str, str, str | None]] = set()
-    for index in range(program.numprocs if program.per_worker else 1):
+    # Up to numprocs_max: an autoscaled program may start that many, each its own expansion.
+    for index in range(max(program.numprocs, program.numprocs_max) if program.per_worker else 1):
         try:
             ws = worker_settings(program, index)
         except ExpansionError as exc:
@@ -764,6 +800,28 @@ def _check_workers(where: str, program: ProgramConfig, user: users.User | None) 
         if (name, ws.directory, env.get("PATH")) not in seen_programs:
             seen_programs.add((name, ws.directory, env.get("PATH")))
             _require_program(where, key, name, ws.directory, env, user)
+
+
+def _check_scaling(where: str, sec: Any) -> int:
+    """numprocs_max (numprocs when absent), after checking the autoscaling keys fit together."""
+    numprocs, numprocs_max, source = sec["numprocs"], sec["numprocs_max"], sec["scale_source"]
+    if numprocs_max is None:
+        numprocs_max = numprocs
+    if numprocs_max < numprocs:
+        raise ConfigError(
+            f"{where} numprocs_max: {numprocs_max} is below numprocs {numprocs} "
+            "(numprocs is the least number of workers, numprocs_max the most)"
+        )
+    if source is not None:
+        from gsuper.backlog import parse_source
+
+        try:
+            parse_source(source)
+        except ValueError as exc:
+            raise ConfigError(f"{where} scale_source: {exc}") from None
+    elif numprocs_max > numprocs:
+        raise ConfigError(f"{where} scale_source: required when numprocs_max ({numprocs_max}) is above numprocs ({numprocs})")
+    return int(numprocs_max)
 
 
 def _require_program(
