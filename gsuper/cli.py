@@ -36,6 +36,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from docopt import DocoptExit, docopt
@@ -382,6 +383,10 @@ def cmd_scale(args: dict[str, Any]) -> int:
         raise Fail(f"{cfg.path}: no program named {name!r}", 2)
     _running(cfg)
     reply = _ask(cfg, {"cmd": "scale", "program": name, "numprocs": int(count)}, None)
+    if reply.get("floor") is not None:  # autoscaled: N is the minimum for now (docs/operations.md)
+        floor = reply["floor"]
+        print(f"{name}: at least {floor} workers until the next reload or restart; {reply['before']} -> {reply['after']} workers")
+        return 0
     print(f"{name}: {reply['before']} -> {reply['after']} workers")
     return 0
 
@@ -418,10 +423,27 @@ def cmd_status(args: dict[str, Any]) -> int:
         )
     if any(w.get("user") for w in status["workers"]):  # a USER column only where programs set one
         rows = [(*r[:4], "USER" if i == 0 else status["workers"][i - 1].get("user") or "-", *r[4:]) for i, r in enumerate(rows)]
+    _print_table(rows)
+    scaled = [p for p in status.get("programs", []) if p["scale_source"]]
+    if scaled:  # autoscaling: one row per program that reads a backlog
+        print()
+        scale_rows: list[tuple[str, ...]] = [("PROGRAM", "WORKERS", "DESIRED", "MIN", "MAX", "SOURCE", "BACKLOG")]
+        for p in scaled:
+            low = p["numprocs"] if p["floor"] is None else p["floor"]
+            backlog = "-" if p["backlog"] is None else str(p["backlog"])
+            if p["backlog_error"]:
+                backlog += f" (reading failed: {p['backlog_error']})"
+            workers = str(p["workers"]) + (f" (+{p['draining']} draining)" if p["draining"] else "")
+            limits = (str(p["desired"]), str(low), str(p["numprocs_max"]))
+            scale_rows.append((p["name"], workers, *limits, p["scale_source"], backlog))
+        _print_table(scale_rows)
+    return 0
+
+
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
-    return 0
 
 
 def _duration(seconds: float) -> str:

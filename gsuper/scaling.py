@@ -108,3 +108,21 @@ def desired(backlog: int | None, current: int, limits: Limits, history: History,
 
 def _clamp(n: int, limits: Limits) -> int:
     return max(limits.minimum, min(n, max(limits.maximum, limits.minimum)))
+
+
+#: Which workers go first on a scale-down: those that serve no request yet (backing off,
+#: exited, starting), then idle ones, then busy ones; among equals the highest index.
+_VICTIM_RANK = {"STOPPED": 0, "FATAL": 0, "BACKOFF": 0, "EXITED": 0, "STARTING": 1, "RUNNING": 2}
+
+
+def pick_victims(workers: list[tuple[int, str, float | None]], n: int) -> list[int]:
+    """The indexes of the `n` workers to drain, from (index, state, busy_since) rows.
+
+    `busy_since` is when the worker's current request began, 0 when it is idle, and None when
+    the runner does not tell (then the highest index goes first, as a plain scale does).
+    """
+    def key(row: tuple[int, str, float | None]) -> tuple[int, int, int]:
+        index, state, busy_since = row
+        return (_VICTIM_RANK.get(state, 3), 1 if busy_since else 0, -index)
+
+    return [row[0] for row in sorted(workers, key=key)[: max(n, 0)]]

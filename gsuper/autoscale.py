@@ -1,0 +1,226 @@
+"""The autoscaler of one program: read its backlog every scale_interval, decide, move the count.
+
+One greenlet per program with a `scale_source`. The reading is bounded (see
+:mod:`gsuper.backlog`) and the decision is :func:`gsuper.scaling.desired`; this module only
+holds the state between readings, applies decisions to the :class:`~gsuper.program.Program`
+(``grow`` / ``drain``, neither of which waits for a draining worker), logs failures once per
+change, and emits a ``scaled`` event per change of the count.
+
+`scale NAME=N` on an autoscaled program sets a temporary floor (see :meth:`Autoscaler.set_floor`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+
+from gsuper.backlog import BacklogError, Reader, parse_source, reader_for
+from gsuper.events import Event
+from gsuper.program import Program
+from gsuper.scaling import Decision, History, Limits, desired, pick_victims
+
+log = logging.getLogger("gsuper")
+
+#: A reading slower than this (or than scale_interval, when that is longer) has failed.
+MIN_READ_TIMEOUT_S = 1.0
+
+
+class Autoscaler:
+    """Reads one program's backlog and keeps its worker count where the backlog wants it."""
+
+    def __init__(
+        self,
+        program: Program,
+        emit: Callable[[Event], None] | None = None,
+        paused: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.program = program
+        self.emit = emit
+        self.paused = paused  # a reload or rolling restart is replacing workers: decide later
+        self.clock = clock
+        self.backlog: int | None = None  # the last good reading
+        self.error: str | None = None  # why the last reading failed (None: it did not)
+        self.floor: int | None = None  # set by `scale NAME=N`, until the next reload or restart
+        self.history = History()
+        self.desired = program.config.numprocs
+        self._reader: Reader | None = None
+        self._source: str | None = None
+        self._loop: gevent.Greenlet | None = None
+
+    @property
+    def name(self) -> str:
+        """The program's name."""
+        return self.program.name
+
+    def limits(self) -> Limits:
+        """The program's limits now (a floor from `scale` replaces numprocs as the minimum)."""
+        cfg = self.program.config
+        minimum = cfg.numprocs if self.floor is None else self.floor
+        return Limits(minimum, cfg.numprocs_max, cfg.scale_jobs_per_worker, cfg.scale_step, cfg.scale_cooldown_s)
+
+    def start(self) -> None:
+        """Begin reading, every scale_interval, in a greenlet of its own."""
+        if self._loop is None:
+            self._loop = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        """Stop reading (the count stays as it is)."""
+        if self._loop is not None:
+            self._loop.kill()
+            self._loop = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - a bug here must not end autoscaling or the master
+                log.exception("%s: autoscaling failed", self.name)
+            gevent.sleep(self.program.config.scale_interval_s)
+
+    # -- one reading ----------------------------------------------------------------------------
+
+    def read(self) -> int | None:
+        """One reading of the backlog; None (and the error noted, logged once) when it failed."""
+        cfg = self.program.config
+        if cfg.scale_source is None:
+            return None
+        if self._reader is None or self._source != cfg.scale_source:
+            if self._reader is not None:
+                self._reader.close()
+            env = dict(os.environ)
+            env.update(cfg.environment)
+            self._reader = reader_for(parse_source(cfg.scale_source), cfg.directory, env)
+            self._source = cfg.scale_source
+        try:
+            value = self._reader.read(max(cfg.scale_interval_s, MIN_READ_TIMEOUT_S))
+        except BacklogError as exc:
+            self._note_error(str(exc))
+            return None
+        self._note_error(None)
+        self.backlog = value
+        return value
+
+    def _note_error(self, error: str | None) -> None:
+        if error == self.error:
+            return  # once per change of state, not once per reading
+        if error is not None:
+            log.warning("%s: cannot read the backlog: %s; keeping %d workers", self.name, error, len(self.program.serving))
+        else:
+            log.info("%s: the backlog can be read again (%d)", self.name, self.backlog or 0)
+        self.error = error
+
+    def tick(self) -> Decision | None:
+        """Read once and apply the decision (nothing moves while the program is stopped)."""
+        backlog = self.read()
+        program = self.program
+        if not program.config.autoscaled or not program.active or program.halted or self.paused():
+            self.desired = len(program.serving)
+            return None
+        decision = desired(backlog, len(program.serving), self.limits(), self.history, self.clock())
+        self.apply(decision, "backlog")
+        return decision
+
+    def apply(self, decision: Decision, reason: str) -> None:
+        """Move the count to the decision's: start slots, or drain the idle ones first."""
+        self.history = decision.history
+        self.desired = decision.count
+        program = self.program
+        serving = program.serving
+        before = len(serving)
+        if decision.count > before:
+            program.grow(decision.count - before)
+        elif decision.count < before:
+            rows = [(w.index, w.state.value, getattr(w, "busy_since", None)) for w in serving]
+            chosen = set(pick_victims(rows, before - decision.count))
+            program.drain([w for w in serving if w.index in chosen])
+        else:
+            return
+        after = len(program.serving)
+        direction = "up" if after > before else "down"
+        shown = "unreadable" if self.error else str(self.backlog)
+        why = "" if reason == "backlog" else f", by {reason}"
+        log.info("%s: scaled %s from %d to %d workers (backlog %s%s)", self.name, direction, before, after, shown, why)
+        if self.emit is not None:
+            data = {"before": before, "after": after, "direction": direction, "backlog": self.backlog}
+            self.emit(Event("scaled", program=self.name, reason=reason, data=data))
+
+    # -- the `scale` command ----------------------------------------------------------------------
+
+    def set_floor(self, floor: int) -> dict[str, Any]:
+        """`scale NAME=N` on an autoscaled program: N becomes the minimum until the next reload
+        or restart; the count is brought up to it now, and the backlog may take it higher."""
+        cfg = self.program.config
+        if floor > cfg.numprocs_max:
+            return {
+                "ok": False,
+                "error": f"{self.name} autoscales between {cfg.numprocs} and {cfg.numprocs_max} workers; "
+                f"scale sets its minimum, which cannot be above numprocs_max {cfg.numprocs_max} (got {floor})",
+            }
+        before = len(self.program.serving)
+        self.floor = floor
+        decision = desired(None, before, self.limits(), self.history, self.clock())
+        if decision.direction == "up":  # a minimum is met at once; a lower one waits for the backlog
+            self.apply(decision, "scale")
+        return {"ok": True, "program": self.name, "before": before, "after": len(self.program.serving), "floor": floor}
+
+    def reset_floor(self) -> None:
+        """After a reload: numprocs is the minimum again."""
+        self.floor = None
+
+    # -- status -------------------------------------------------------------------------------
+
+    def row(self) -> dict[str, Any]:
+        """The autoscaling fields of this program's entry in status's `programs` list."""
+        cfg = self.program.config
+        return {
+            "desired": self.desired,
+            "numprocs": cfg.numprocs,
+            "numprocs_max": cfg.numprocs_max,
+            "floor": self.floor,
+            "backlog": self.backlog,
+            "backlog_error": self.error,
+            "scale_source": _shown_source(cfg.scale_source),
+        }
+
+
+def program_row(program: Program, scaler: Autoscaler | None) -> dict[str, Any]:
+    """One entry of status's `programs` list: counts, limits and the last backlog reading."""
+    cfg = program.config
+    row: dict[str, Any] = {
+        "name": program.name,
+        "workers": len(program.serving),
+        "draining": len(program.draining),
+        "desired": cfg.numprocs,
+        "numprocs": cfg.numprocs,
+        "numprocs_max": max(cfg.numprocs_max, cfg.numprocs),
+        "floor": None,
+        "backlog": None,
+        "backlog_error": None,
+        "scale_source": None,
+    }
+    if scaler is not None:
+        row.update(scaler.row())
+        if not cfg.autoscaled:  # the backlog is read and shown; the count is numprocs (or `scale`'s)
+            row["desired"] = len(program.serving)
+    if not program.active:  # stopped (stop -p, autostart off): no worker is wanted
+        row["desired"] = 0
+    return row
+
+
+def _shown_source(source: str | None) -> str | None:
+    """The source as status shows it: a Redis password is never shown."""
+    if source is None or not source.startswith("redis://") or "@" not in source:
+        return source
+    scheme_rest = source[len("redis://") :]
+    creds, _, rest = scheme_rest.rpartition("@")
+    user = creds.partition(":")[0]
+    return f"redis://{user}:***@{rest}"
