@@ -129,3 +129,13 @@ def test_victims_are_idle_first_then_highest_index():
     rows = [(0, "RUNNING", 0.0), (1, "BACKOFF", None), (2, "STARTING", None), (3, "RUNNING", 0.0)]
     assert pick_victims(rows, 2) == [1, 2]  # serving no request yet: cheapest to stop
     assert pick_victims(rows, 0) == []
+
+
+def test_the_worked_example_of_docs_operations():
+    """docs/operations.md, "A worked example": readings every second, 2..6, 50 per worker."""
+    lim = Limits(minimum=2, maximum=6, jobs_per_worker=50, step=2, cooldown_s=5)
+    backlog = [40, 1000, 900, 800, 700, 600, 500, 300, 100, 0, 120] + [0] * 10
+    ds = run([(float(t), b) for t, b in enumerate(backlog)], start=2, limits=lim)
+    counts = {t: d.count for t, d in enumerate(ds)}
+    assert [counts[t] for t in (0, 1, 5, 6, 8, 10, 12, 13, 17, 18, 20)] == [2, 4, 4, 6, 6, 6, 6, 4, 4, 2, 2]
+    assert ds[8].reason == "low" and ds[10].wanted == 3
