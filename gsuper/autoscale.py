@@ -1,8 +1,11 @@
-"""The autoscaler of one program: read its backlog every scale_interval, decide, move the count.
+"""Autoscaling: read a program's backlog every scale_interval, decide, move the count.
 
-One greenlet per program with a `scale_source`. The reading is bounded (see
-:mod:`gsuper.backlog`) and the decision is :func:`gsuper.scaling.desired`; this module only
-holds the state between readings, applies decisions to the :class:`~gsuper.program.Program`
+:class:`BacklogCheck` is a check of :mod:`gsuper.monitor` (the master registers it): for each
+program with a `scale_source` it keeps one :class:`Autoscaler` and, when the program is due,
+starts that autoscaler's reading in a greenlet of its own (one in flight per program), so a slow
+Redis or a hung probe never holds up the monitor's other checks. The reading is bounded (see
+:mod:`gsuper.backlog`) and the decision is :func:`gsuper.scaling.desired`; the autoscaler holds
+the state between readings, applies decisions to the :class:`~gsuper.program.Program`
 (``grow`` / ``drain``, neither of which waits for a draining worker), logs failures once per
 change, and emits a ``scaled`` event per change of the count.
 
@@ -52,7 +55,7 @@ class Autoscaler:
         self.readings = 0  # attempts, failed ones too (a test or a dashboard sees time pass by it)
         self._reader: Reader | None = None
         self._source: str | None = None
-        self._loop: gevent.Greenlet | None = None
+        self._reading: gevent.Greenlet | None = None
 
     @property
     def name(self) -> str:
@@ -65,27 +68,25 @@ class Autoscaler:
         minimum = cfg.numprocs if self.floor is None else self.floor
         return Limits(minimum, cfg.numprocs_max, cfg.scale_jobs_per_worker, cfg.scale_step, cfg.scale_cooldown_s)
 
-    def start(self) -> None:
-        """Begin reading, every scale_interval, in a greenlet of its own."""
-        if self._loop is None:
-            self._loop = gevent.spawn(self._run)
+    def tick_soon(self) -> None:
+        """Start one reading and decision in a greenlet, unless the last one is still going."""
+        if self._reading is None or self._reading.dead:
+            self._reading = gevent.spawn(self._tick_logged)
 
-    def stop(self) -> None:
+    def _tick_logged(self) -> None:
+        try:
+            self.tick()
+        except Exception:  # noqa: BLE001 - a bug here must not end autoscaling or the master
+            log.exception("%s: autoscaling failed", self.name)
+
+    def close(self) -> None:
         """Stop reading (the count stays as it is)."""
-        if self._loop is not None:
-            self._loop.kill()
-            self._loop = None
+        if self._reading is not None:
+            self._reading.kill()
+            self._reading = None
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.tick()
-            except Exception:  # noqa: BLE001 - a bug here must not end autoscaling or the master
-                log.exception("%s: autoscaling failed", self.name)
-            gevent.sleep(self.program.config.scale_interval_s)
 
     # -- one reading ----------------------------------------------------------------------------
 
@@ -154,9 +155,10 @@ class Autoscaler:
         shown = "unreadable" if self.error else str(self.backlog)
         why = "" if reason == "backlog" else f", by {reason}"
         log.info("%s: scaled %s from %d to %d workers (backlog %s%s)", self.name, direction, before, after, shown, why)
-        if self.emit is not None:
+        emit = self.emit or (program.events.emit if program.events is not None else None)
+        if emit is not None:
             data = {"before": before, "after": after, "direction": direction, "backlog": self.backlog}
-            self.emit(Event("scaled", program=self.name, reason=reason, data=data))
+            emit(Event("scaled", program=self.name, reason=reason, data=data))
 
     # -- the `scale` command ----------------------------------------------------------------------
 
@@ -196,6 +198,52 @@ class Autoscaler:
             "readings": self.readings,
             "scale_source": _shown_source(cfg.scale_source),
         }
+
+
+class BacklogCheck:
+    """The monitor's check of backlogs: one Autoscaler per program with a scale_source."""
+
+    name = "backlog"
+
+    def __init__(self, paused: Callable[[], bool] = lambda: False) -> None:
+        self.paused = paused  # a reload, rolling restart or stop is going on: decide later
+        self.scalers: dict[str, Autoscaler] = {}
+
+    def interval_s(self, program: Program) -> float | None:
+        """The program's scale_interval when it has a scale_source."""
+        return program.config.scale_interval_s if program.config.scale_source else None
+
+    def run(self, programs: list[Program], now: float) -> None:
+        """Start a reading for each due program (each in its own greenlet)."""
+        for program in programs:
+            self.scaler_for(program).tick_soon()
+
+    def scaler_for(self, program: Program) -> Autoscaler:
+        """The program's autoscaler (a new one for a program that was removed and added again)."""
+        scaler = self.scalers.get(program.name)
+        if scaler is None or scaler.program is not program:
+            if scaler is not None:
+                scaler.close()
+            scaler = self.scalers[program.name] = Autoscaler(program, paused=self.paused)
+        return scaler
+
+    def get(self, program: Program) -> Autoscaler | None:
+        """The program's autoscaler if it reads a backlog (created on demand), else None."""
+        return self.scaler_for(program) if program.config.scale_source else None
+
+    def after_reload(self, programs: dict[str, Program]) -> None:
+        """A reload ends every `scale` floor and forgets removed programs and sources."""
+        for name in list(self.scalers):
+            program = programs.get(name)
+            if program is None or program.config.scale_source is None or program is not self.scalers[name].program:
+                self.scalers.pop(name).close()
+            else:
+                self.scalers[name].reset_floor()
+
+    def close(self) -> None:
+        """The master is stopping: no more readings."""
+        for scaler in self.scalers.values():
+            scaler.close()
 
 
 def program_row(program: Program, scaler: Autoscaler | None) -> dict[str, Any]:

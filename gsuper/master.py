@@ -23,6 +23,7 @@ import gevent.queue
 import psutil
 
 from gsuper import __version__, config, osutil, record, runners
+from gsuper.autoscale import BacklogCheck, program_row
 from gsuper.commands import Commands, Refused
 from gsuper.control import ControlServer
 from gsuper.daemon import PidFile, describe
@@ -63,6 +64,8 @@ class Master:
         self.master_log = LogFile(os.path.join(cfg.logdir, "gsuper.log"), cfg.log_max_bytes, cfg.log_backups, _stderr)
         self.monitor = Monitor(self.programs.values, lambda: self.config.memory_check_interval_s)
         self.monitor.add(MemoryCheck(lambda: self.config.memory_check_interval_s))
+        self.backlog = BacklogCheck(lambda: self._busy or self.stopping)
+        self.monitor.add(self.backlog)
         self.stopping = False
         self._signals: gevent.queue.Queue[int] = gevent.queue.Queue()
         self._done = gevent.event.Event()
@@ -153,6 +156,7 @@ class Master:
         if self.stopping:
             return
         self.stopping = True
+        self.backlog.close()
         for program in self.programs.values():
             program.halt()
         log.info("stopping every program")
@@ -238,6 +242,7 @@ class Master:
                 "stopping": self.stopping,
             },
             "workers": rows,
+            "programs": [program_row(p, self.backlog.get(p)) for p in chosen],
         }
 
     def _exclusive(self, what: str) -> None:
@@ -279,6 +284,7 @@ class Master:
             log.warning("reload: %s", warning)
         try:
             changes, errors = self._apply(new)
+            self.backlog.after_reload(self.programs)
         finally:
             self._busy = False
         self.events.emit(Event("reloaded", data={"changes": changes, "errors": errors}))

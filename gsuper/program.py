@@ -49,6 +49,8 @@ class Program:
         self.clock = clock
         self.workers: list[Worker] = []
         self.halted = False  # the master is stopping: no new worker may start
+        self.active = False  # started and not stopped since: an autoscaler may move the count
+        self.draining: set[Worker] = set()  # stopping after an autoscaled scale-down; not capacity
 
     @property
     def name(self) -> str:
@@ -98,6 +100,7 @@ class Program:
 
     def start(self) -> None:
         """Start every slot (creating numprocs of them); return once each has been spawned."""
+        self.active = True
         self.add_slots()
         gevent.joinall([gevent.spawn(w.start) for w in self.workers])
 
@@ -106,6 +109,7 @@ class Program:
 
         A worker that a rolling restart or scale added meanwhile is stopped in another round.
         """
+        self.active = False
         batch = list(self.workers)
         while batch:
             gevent.joinall([gevent.spawn(w.stop, timeout_s) for w in batch])
@@ -139,6 +143,46 @@ class Program:
             direction = "up" if numprocs > before else "down"
             self.events.emit(Event("scaled", self.name, data={"before": before, "after": numprocs, "direction": direction}))
 
+    # -- autoscaling (gsuper/autoscale.py decides; these only carry it out) ---------------------
+
+    @property
+    def serving(self) -> list[Worker]:
+        """The slots that count as capacity: every one but those draining after a scale-down."""
+        return [w for w in self.workers if w not in self.draining]
+
+    def grow(self, n: int) -> list[Worker]:
+        """Start `n` more slots at the lowest indexes no slot holds (draining ones included, so
+        no two live processes share GSUPER_WORKER); return once each was spawned."""
+        if self.halted:
+            return []
+        used = {w.index for w in self.workers}
+        fresh: list[Worker] = []
+        index = 0
+        while len(fresh) < n:
+            if index not in used:
+                fresh.append(self._new_worker(index))
+            index += 1
+        self.workers.extend(fresh)
+        self.workers.sort(key=lambda w: w.index)
+        gevent.joinall([gevent.spawn(w.start) for w in fresh])
+        return fresh
+
+    def drain(self, workers: list[Worker]) -> None:
+        """Stop these slots gracefully in the background (each finishes its request). They stop
+        counting as capacity now and are dropped once at rest; nothing waits for them, so a long
+        request never holds up the next decision."""
+        for w in workers:
+            self.draining.add(w)
+            gevent.spawn(self._drain_one, w)
+
+    def _drain_one(self, worker: Worker) -> None:
+        try:
+            worker.stop()
+        finally:
+            self.draining.discard(worker)
+            if worker in self.workers:
+                self.workers.remove(worker)
+
     def rolling_restart(self, new_config: ProgramConfig | None = None) -> int:
         """Replace workers one at a time, each replacement up before the old one stops.
 
@@ -147,8 +191,8 @@ class Program:
         """
         config = new_config or self._config
         replaced = 0
-        for old in sorted(self.workers, key=lambda w: w.index):
-            if old.index >= config.numprocs:
+        for old in sorted(self.serving, key=lambda w: w.index):
+            if old.index >= config.numprocs and not config.autoscaled:
                 continue
             if self.halted:
                 raise RollingError(f"{self.name}: the master is stopping; {replaced} workers were replaced")
@@ -167,7 +211,8 @@ class Program:
             replaced += 1
         self.workers.sort(key=lambda w: w.index)
         self._config = config
-        if len(self.workers) != config.numprocs:
+        # An autoscaled program keeps the count its autoscaler chose, within the new limits.
+        if len(self.workers) != config.numprocs and not config.autoscaled:
             self.scale(config.numprocs)
         return replaced
 
@@ -179,11 +224,14 @@ class Program:
             w.configure(config)
 
     def adopt(self, config: ProgramConfig) -> None:
-        """Take a new config that differs only in numprocs: scale, leave every other worker alone."""
+        """Take a new config that differs only in numprocs (or the scale_* keys): scale, leave
+        every other worker alone. An autoscaled program keeps its count: its autoscaler moves
+        it within the new limits."""
         for w in self.workers:
             w.configure(config)
         self._config = config
-        self.scale(config.numprocs)
+        if not config.autoscaled:
+            self.scale(config.numprocs)
 
 
 def wait_up(worker: Worker, timeout_s: float | None = None) -> bool:

@@ -15,7 +15,7 @@ import gevent
 import pytest
 
 from gsuper import config
-from gsuper.autoscale import Autoscaler
+from gsuper.autoscale import Autoscaler, program_row
 from gsuper.events import Event
 from gsuper.logs import LogFile
 from gsuper.program import Program
@@ -348,7 +348,7 @@ def test_scaled_events_and_non_blocking_drain(tmp_path):
         gwait(lambda: not program.draining, 10, "the drainers to be gone")
         assert len(program.workers) == 3
     finally:
-        scaler.stop()
+        scaler.close()
         program.stop(timeout_s=0.5)
     assert not program.workers or all(w.state.value == "STOPPED" for w in program.workers)
 
@@ -359,3 +359,84 @@ def test_docs_name_every_key():
         name = key.removesuffix("_s")
         assert f"`{name}`" in text, name
     assert Path(ROOT / "bench" / "autoscale.py").exists()
+
+
+# -- fast tier: the monitor's backlog check over a Program of scripted children ---------------
+
+
+class FakeReader:
+    """Readings from a list: a number, or a BacklogError to raise."""
+
+    def __init__(self, *values: Any) -> None:
+        self.values = list(values)
+
+    def read(self, timeout_s: float) -> int:
+        value = self.values.pop(0) if len(self.values) > 1 else self.values[0]
+        if isinstance(value, Exception):
+            raise value
+        return int(value)
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_monitor_drives_the_backlog_check_with_scripted_workers():
+    from fakes import FakeClock, FakeSpawner, NullLog, program_config
+
+    from gsuper.autoscale import BacklogCheck
+    from gsuper.backlog import BacklogError
+    from gsuper.events import EventStream
+    from gsuper.monitor import Monitor
+
+    clock = FakeClock()
+    cfg = program_config(
+        name="q", numprocs=1, numprocs_max=5, scale_source="command:true", scale_jobs_per_worker=10,
+        scale_interval_s=1.0, scale_cooldown_s=2.0, scale_step=2,
+    )  # fmt: skip
+    events = EventStream()
+    seen: list[Event] = []
+    events.subscribe(seen.append)
+    program = Program(cfg, NullLog(), events, FakeSpawner(clock), clock)  # type: ignore[arg-type]
+    check = BacklogCheck()
+    # The workers' clock moves on by itself (each timed wait of a scripted child advances it);
+    # the monitor and the scaler get their own, moved only by step().
+    now = [0.0]
+    monitor = Monitor(lambda: [program], lambda: 5.0, lambda: now[0])
+    monitor.add(check)
+    program.start()
+    scaler = check.scaler_for(program)
+    scaler.clock = lambda: now[0]
+    scaler._reader, scaler._source = FakeReader(45, 45, 45, BacklogError("redis x: cannot reach it"), 0), cfg.scale_source
+
+    def step(dt: float) -> None:
+        now[0] += dt
+        monitor.tick(now[0])
+        gevent.sleep(0.01)  # the reading runs in its own greenlet
+
+    monitor.tick(now[0])  # first seen: due one interval later
+    step(1.0)
+    assert len(program.serving) == 3  # 45 wants 5; step 2
+    assert [(e.reason, e.data["before"], e.data["after"], e.data["direction"]) for e in seen if e.kind == "scaled"] == [
+        ("backlog", 1, 3, "up")
+    ]
+    step(1.0)
+    assert len(program.serving) == 3  # cooldown
+    step(1.0)
+    assert len(program.serving) == 5
+    step(1.0)  # the reading fails: the count stays, the error is kept for status
+    assert len(program.serving) == 5 and scaler.error == "redis x: cannot reach it" and scaler.backlog == 45
+    row = program_row(program, scaler)
+    assert (row["desired"], row["numprocs"], row["numprocs_max"], row["backlog"]) == (5, 1, 5, 45)
+    for _ in range(3):
+        step(1.0)  # 0: low for a cooldown, then down by 2
+    assert len(program.serving) == 3 and scaler.error is None
+    scaled = [e for e in seen if e.kind == "scaled"]
+    assert scaled[-1].data == {"before": 5, "after": 3, "direction": "down", "backlog": 0}
+    gevent.sleep(0.01)
+    assert len(program.workers) == 3  # the drained ones are gone (scripted children stop at once)
+    reply = scaler.set_floor(4)
+    assert reply == {"ok": True, "program": "q", "before": 3, "after": 4, "floor": 4}
+    assert [e for e in seen if e.kind == "scaled"][-1].reason == "scale"
+    assert not scaler.set_floor(6)["ok"]
+    check.close()
+    program.stop()
