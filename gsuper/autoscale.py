@@ -145,7 +145,8 @@ class Autoscaler:
         if decision.count > before:
             program.grow(decision.count - before)
         elif decision.count < before:
-            rows = [(w.index, w.state.value, getattr(w, "busy_since", None)) for w in serving]
+            now_ns = time.monotonic_ns()
+            rows = [(w.index, w.state.value, busy_since(w, now_ns)) for w in serving]
             chosen = set(pick_victims(rows, before - decision.count))
             program.drain([w for w in serving if w.index in chosen])
         else:
@@ -198,6 +199,34 @@ class Autoscaler:
             "readings": self.readings,
             "scale_source": _shown_source(cfg.scale_source),
         }
+
+
+def busy_since(worker: Any, now_ns: int) -> float | None:
+    """When the worker's current request began (seconds, monotonic), 0.0 when it is idle, and
+    None when the master cannot tell.
+
+    It reads the "busy since" stamp of issue 11 (`Worker.busy(now_ns)`, the runner's busy page)
+    where that exists; without it every worker is "cannot tell" and a scale-down drains the
+    highest indexes, as `scale` does.
+    """
+    busy = getattr(worker, "busy", None)
+    if not callable(busy):
+        return None
+    reading = busy(now_ns)
+    if reading is not None:
+        return float(reading.since_ns) / 1e9 or None
+    return 0.0 if _has_busy_page(worker) else None
+
+
+def _has_busy_page(worker: Any) -> bool:
+    """Whether None from `Worker.busy` means idle (the runner keeps a busy page), not unknown."""
+    import importlib
+
+    try:
+        guard = importlib.import_module("gsuper.guard")
+    except ImportError:
+        return False
+    return bool(guard.has_busy_page(worker.config))
 
 
 class BacklogCheck:

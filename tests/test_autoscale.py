@@ -440,3 +440,36 @@ def test_the_monitor_drives_the_backlog_check_with_scripted_workers():
     assert not scaler.set_floor(6)["ok"]
     check.close()
     program.stop()
+
+
+def test_a_scale_down_drains_idle_workers_first_when_the_runner_tells(monkeypatch):
+    """With issue 11's busy stamp (Worker.busy), idle workers go before busy ones, whatever
+    their index; without it, the highest indexes go (tests/test_scaling.py)."""
+    from types import SimpleNamespace
+
+    from fakes import FakeClock, FakeSpawner, NullLog, program_config
+
+    import gsuper.autoscale as autoscale
+
+    clock = FakeClock()
+    cfg = program_config(name="q", numprocs=1, numprocs_max=4, scale_source="command:true", scale_step=2)
+    program = Program(cfg, NullLog(), None, FakeSpawner(clock), clock)  # type: ignore[arg-type]
+    program.start()
+    program.grow(3)
+    busy = {0: 5.0, 1: None, 2: 7.0, 3: 9.0}  # worker 1 idle; 0, 2, 3 in a request since then
+    for w in program.workers:
+        since = busy[w.index]
+        w.busy = (lambda s: lambda now_ns: None if s is None else SimpleNamespace(since_ns=int(s * 1e9)))(since)  # type: ignore[attr-defined]
+    monkeypatch.setattr(autoscale, "_has_busy_page", lambda w: True)
+    assert autoscale.busy_since(program.workers[1], 0) == 0.0 and autoscale.busy_since(program.workers[2], 0) == 7.0
+    scaler = Autoscaler(program)
+    scaler.apply(desired_down(2), "backlog")
+    assert sorted(w.index for w in program.draining) == [1, 3]  # the idle one, then the highest busy
+    gevent.sleep(0.01)
+    program.stop()
+
+
+def desired_down(count: int) -> Any:
+    from gsuper.scaling import Decision, History
+
+    return Decision(count, count, "down", History(), "backlog")
