@@ -176,7 +176,9 @@ class Autoscaler:
         before = len(self.program.serving)
         self.floor = floor
         decision = desired(None, before, self.limits(), self.history, self.clock())
-        if decision.direction == "up":  # a minimum is met at once; a lower one waits for the backlog
+        # A minimum is met at once (once started, for a stopped program); a lower one waits for
+        # the backlog to be low.
+        if decision.direction == "up" and self.program.active and not self.program.halted:
             self.apply(decision, "scale")
         return {"ok": True, "program": self.name, "before": before, "after": len(self.program.serving), "floor": floor}
 

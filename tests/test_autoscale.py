@@ -20,6 +20,7 @@ from gsuper.events import Event
 from gsuper.logs import LogFile
 from gsuper.program import Program
 from tests.conftest import PHP, ROOT, wait_for
+from tests.test_backlog import stop_redis
 
 EXAMPLE = ROOT / "examples" / "php_redis"
 needs_php_redis = pytest.mark.skipif(
@@ -179,7 +180,7 @@ def test_redis_going_away_and_coming_back(gs, redis_server, tmp_path):
     gs.write(sleeper_ini(f"redis://127.0.0.1:{port}/0/q"))
     gs.start()
     wait_for(lambda: programs(gs)["w"]["workers"] == 3, 10, "3 workers")
-    r.shutdown(nosave=True)
+    stop_redis(port)
     row = wait_for(lambda: (p := programs(gs)["w"])["backlog_error"] and p, 10, "the error in status")
     assert "cannot reach it (Connection refused)" in row["backlog_error"]
     wait_readings(gs, "w", 5)  # readings keep failing: the count stays, the log says it once

@@ -137,7 +137,7 @@ def test_redis_going_away_and_coming_back(redis_server, tmp_path):
     redis_server.rpush("jobs", 1, 2, 3)
     reader = RedisReader(RedisSource("127.0.0.1", port, 0, "jobs"))
     assert reader.read(1.0) == 3
-    redis_server.shutdown(nosave=True)
+    stop_redis(port)
     with pytest.raises(BacklogError):
         reader.read(1.0)
     proc = subprocess.Popen(
@@ -157,6 +157,25 @@ def test_redis_going_away_and_coming_back(redis_server, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def stop_redis(port: int) -> None:
+    """SHUTDOWN NOSAVE NOW over a plain socket (redis-py retries the dropped connection for
+    seconds before it reports the shutdown), then wait until nothing listens on the port."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"*3\r\n$8\r\nSHUTDOWN\r\n$6\r\nNOSAVE\r\n$3\r\nNOW\r\n")
+        s.settimeout(10)
+        while s.recv(1024):
+            pass
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"redis on port {port} did not stop")
+        time.sleep(0.02)
 
 
 def probe(command: str, tmp_path) -> CommandReader:
