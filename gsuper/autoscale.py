@@ -25,6 +25,7 @@ import gevent
 from gsuper.backlog import BacklogError, Reader, parse_source, reader_for
 from gsuper.events import Event
 from gsuper.program import Program
+from gsuper.runners import settings
 from gsuper.scaling import Decision, History, Limits, desired, pick_victims
 
 log = logging.getLogger("gsuper")
@@ -98,9 +99,11 @@ class Autoscaler:
         if self._reader is None or self._source != cfg.scale_source:
             if self._reader is not None:
                 self._reader.close()
+            # The probe runs where worker 0 would, with its environment (expansions applied).
+            ws = settings(cfg, 0)
             env = dict(os.environ)
-            env.update(cfg.environment)
-            self._reader = reader_for(parse_source(cfg.scale_source), cfg.directory, env)
+            env.update(ws.environment)
+            self._reader = reader_for(parse_source(cfg.scale_source), ws.directory, env)
             self._source = cfg.scale_source
         try:
             value = self._reader.read(max(cfg.scale_interval_s, MIN_READ_TIMEOUT_S))
