@@ -474,3 +474,20 @@ def desired_down(count: int) -> Any:
     from gsuper.scaling import Decision, History
 
     return Decision(count, count, "down", History(), "backlog")
+
+
+def test_check_expands_every_worker_up_to_numprocs_max(gs):
+    for i in (0, 1):
+        (gs.root / f"w{i}").mkdir()
+    gs.write(
+        """
+        [program:w]
+        command      = sleep 1000
+        directory    = %(here)s/w%(process_num)d
+        numprocs     = 1
+        numprocs_max = 3
+        scale_source = command:echo 0
+        """
+    )
+    proc = gs.run("-s", "check")
+    assert proc.returncode == 2 and f"directory: no such folder {gs.root}/w2" in proc.stderr
