@@ -99,11 +99,12 @@ class Autoscaler:
         if self._reader is None or self._source != cfg.scale_source:
             if self._reader is not None:
                 self._reader.close()
-            # The probe runs where worker 0 would, with its environment (expansions applied).
+            # The probe runs where worker 0 would, with its environment (expansions applied) and
+            # as its user.
             ws = settings(cfg, 0)
             env = dict(os.environ)
             env.update(ws.environment)
-            self._reader = reader_for(parse_source(cfg.scale_source), ws.directory, env)
+            self._reader = reader_for(parse_source(cfg.scale_source), ws.directory, env, cfg.user)
             self._source = cfg.scale_source
         try:
             value = self._reader.read(max(cfg.scale_interval_s, MIN_READ_TIMEOUT_S))

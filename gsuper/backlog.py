@@ -201,10 +201,11 @@ class RedisReader:
 class CommandReader:
     """Runs the probe once per reading; its stdout must be one number. Killed if it hangs."""
 
-    def __init__(self, source: CommandSource, cwd: str, env: dict[str, str]) -> None:
+    def __init__(self, source: CommandSource, cwd: str, env: dict[str, str], user: Any = None) -> None:
         self.source = source
         self.cwd = cwd
         self.env = env
+        self.user = user  # the program's `user`: the probe runs as the workers do
 
     def read(self, timeout_s: float) -> int:
         """The number the probe printed; BacklogError if it fails, hangs or prints text."""
@@ -247,10 +248,14 @@ class CommandReader:
         """Nothing is kept between readings."""
 
     def _spawn(self, out_w: int, err_w: int) -> Child:
-        from gsuper.spawn import _RESET, SETPRIV, Child
+        import gevent
 
-        argv = ["/bin/sh", "-c", self.source.command]
-        command = [SETPRIV, "--pdeathsig", "TERM", "--", *argv] if SETPRIV else argv
+        from gsuper.spawn import _RESET, Child, setpriv_argv
+
+        command = setpriv_argv(["/bin/sh", "-c", self.source.command], self.user)
+        # As spawn.spawn does: libev's SIGCHLD handler before the child exists, or a probe that
+        # exits at once, as the master's first child, would never be reaped nor seen.
+        gevent.get_hub().loop.install_sigchld()
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_DUP2, out_w, 1),
@@ -301,8 +306,8 @@ def _killpg(pgid: int) -> None:
 Reader = RedisReader | CommandReader
 
 
-def reader_for(source: Source, cwd: str, env: dict[str, str]) -> Reader:
-    """The reader of a parsed source (the probe runs in `cwd` with `env`)."""
+def reader_for(source: Source, cwd: str, env: dict[str, str], user: Any = None) -> Reader:
+    """The reader of a parsed source (the probe runs in `cwd` with `env`, as `user`)."""
     if isinstance(source, RedisSource):
         return RedisReader(source)
-    return CommandReader(source, cwd, env)
+    return CommandReader(source, cwd, env, user)
