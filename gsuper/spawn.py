@@ -78,13 +78,14 @@ def spawn(
     env: dict[str, str],
     cwd: str,
     output_fd: int,
-    keep_fd: int,
+    keep_fds: tuple[int, ...],
     user: User | None = None,
     error_fd: int | None = None,
 ) -> Child:
     """Start argv in `cwd`, in a new session, stdin from /dev/null, stdout to `output_fd` and
-    stderr to `error_fd` (default: `output_fd` too), with `keep_fd` left open at its number, as
-    `user` when given. Raises OSError when it cannot start.
+    stderr to `error_fd` (default: `output_fd` too), with each of `keep_fds` left open at its
+    number (the status pipe, the busy page), as `user` when given. Raises OSError when it
+    cannot start.
 
     The master is single-threaded, so changing its working directory around the spawn is safe;
     every path it uses itself is absolute.
@@ -99,7 +100,8 @@ def spawn(
         (os.POSIX_SPAWN_DUP2, output_fd, 1),
         (os.POSIX_SPAWN_DUP2, output_fd if error_fd is None else error_fd, 2),
     ]
-    os.set_inheritable(keep_fd, True)
+    for fd in keep_fds:
+        os.set_inheritable(fd, True)
     try:
         previous = os.getcwd()
     except OSError:  # the folder the master was started in is gone
@@ -109,7 +111,8 @@ def spawn(
         pid = os.posix_spawnp(command[0], command, env, file_actions=actions, setsid=True, setsigmask=(), setsigdef=_RESET)
     finally:
         os.chdir(previous)
-        os.set_inheritable(keep_fd, False)
+        for fd in keep_fds:
+            os.set_inheritable(fd, False)
     return Child(pid)
 
 
@@ -171,7 +174,7 @@ def launch_worker(
     argv = runners.argv_for(config, index)
     env = runners.env_for(config, index, status_w, max_request)
     try:
-        child = spawn(argv, env, settings.directory, out_w, status_w, config.user, err_w)
+        child = spawn(argv, env, settings.directory, out_w, (status_w,), config.user, err_w)
     except OSError:
         for fd in readers:
             os.close(fd)
