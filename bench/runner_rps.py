@@ -247,7 +247,14 @@ def bench_language(lang: str, args: argparse.Namespace, d: Path) -> dict[str, An
         handler_env = {"GSUPER_HANDLER": "bench_handler:bench_empty"}
         script_env = {"GSUPER_SCRIPT": str(d / "empty.py")}
         request_argv = [sys.executable, str(d / "request.py")]
-    res: dict[str, Any] = {"bare": [], "runner": [], "runner_busy": [], "runner_base": [], "runner_script": [], "runner_detail": []}
+    res: dict[str, Any] = {
+        "bare": [],
+        "runner": [],
+        "runner_busy": [],
+        "runner_base": [],
+        "runner_script": [],
+        "runner_detail": [],
+    }
     base_argv = baseline_runner(lang, args.baseline_ref, d, runner_argv)
     for r in range(args.rounds):
         log(f"{lang}: round {r + 1}/{args.rounds}: bare loop, runner (handler) without and with busy page"
@@ -311,10 +318,22 @@ def main() -> int:
         runner_path = "runners/php/worker.php" if lang == "php" else "runners/python/worker.py"
         rows.append([f"{lang}: bare for loop, empty function", fmt(bare, "rps"), "1.00x", ratio(bare, spawn), "-", "-"])
         if lang == "php":
-            aim, ok = ">= 0.80x bare, >= 20x per-request", runner is not None and bare is not None and runner >= 0.8 * bare and runner >= 20 * spawn
+            aim, ok = (
+                ">= 0.80x bare, >= 20x per-request",
+                runner is not None and bare is not None and runner >= 0.8 * bare and runner >= 20 * spawn,
+            )
         else:
             aim, ok = ">= 0.50x bare", runner is not None and bare is not None and runner >= 0.5 * bare
-        rows.append([f"{lang}: {runner_path}, handler, usleep=0", fmt(runner, "rps"), ratio(runner, bare), ratio(runner, spawn), aim, "yes" if ok else "NO"])
+        rows.append(
+            [
+                f"{lang}: {runner_path}, handler, usleep=0",
+                fmt(runner, "rps"),
+                ratio(runner, bare),
+                ratio(runner, spawn),
+                aim,
+                "yes" if ok else "NO",
+            ]
+        )
         ok = busy is not None and runner is not None and busy >= 0.9 * runner
         rows.append(
             [
@@ -327,7 +346,16 @@ def main() -> int:
             ]
         )
         if base is not None:
-            rows.append([f"{lang}: runner at {args.baseline_ref}, handler, usleep=0", fmt(base, "rps"), ratio(base, bare), ratio(base, spawn), "(before)", "-"])
+            rows.append(
+                [
+                    f"{lang}: runner at {args.baseline_ref}, handler, usleep=0",
+                    fmt(base, "rps"),
+                    ratio(base, bare),
+                    ratio(base, spawn),
+                    "(before)",
+                    "-",
+                ]
+            )
         rows.append(
             [
                 f"{lang}: {runner_path}, empty script per request",

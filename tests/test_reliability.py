@@ -141,7 +141,9 @@ def test_hung_jobs_are_ended_by_request_timeout_and_done_exactly_once(gs, redis_
     client = redis_server
     gs.write(
         "[gsuper]\n"
-        + program("guarded", client.port, "request_timeout = 2").replace("numprocs     = 2", "numprocs     = 4").replace("JOB_MS=2", "JOB_MS=1")
+        + program("guarded", client.port, "request_timeout = 2")
+        .replace("numprocs     = 2", "numprocs     = 4")
+        .replace("JOB_MS=2", "JOB_MS=1")
     )
     gs.start()
     ids = [f"hang-once:job-{i}" if i % 50 == 49 else f"job-{i}" for i in range(2000)]

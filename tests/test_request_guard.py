@@ -150,7 +150,9 @@ environment = MARKER=marker-exec_reporting
     def replaced() -> dict | None:
         rows = {w["program"]: w for w in gs.workers()}
         done = all(
-            (rows[n]["last_exit"] or {}).get("reason") == "request_timeout" and rows[n]["state"] == "RUNNING" and rows[n]["requests"] > 0
+            (rows[n]["last_exit"] or {}).get("reason") == "request_timeout"
+            and rows[n]["state"] == "RUNNING"
+            and rows[n]["requests"] > 0
             for n in names
         )
         return rows if done else None
@@ -170,9 +172,7 @@ environment = MARKER=marker-exec_reporting
     gs.run("-s", "stop", check=True)
 
 
-@pytest.mark.parametrize(
-    "runner", [pytest.param("php", marks=pytest.mark.skipif(not HAVE_PHP, reason="no php")), "python"]
-)
+@pytest.mark.parametrize("runner", [pytest.param("php", marks=pytest.mark.skipif(not HAVE_PHP, reason="no php")), "python"])
 def test_slow_requests_within_the_timeout_are_never_disturbed_and_show_busy_s(gs, runner):
     gs.file("handlers.php", PHP_HANDLERS)
     gs.file("guard_handlers.py", PY_HANDLERS)
@@ -228,9 +228,7 @@ def life():
 """
 
 
-@pytest.mark.parametrize(
-    "runner", [pytest.param("php", marks=pytest.mark.skipif(not HAVE_PHP, reason="no php")), "python"]
-)
+@pytest.mark.parametrize("runner", [pytest.param("php", marks=pytest.mark.skipif(not HAVE_PHP, reason="no php")), "python"])
 def test_max_lifetime_in_loop_mode_finishes_the_request_and_recycles(gs, runner):
     if runner == "php":
         gs.file("life.php", LIFE_PHP)
