@@ -8,30 +8,28 @@ again (docs/runners.md, "The busy page"). CLOCK_MONOTONIC is one clock for every
 machine, so the master compares the stamp with its own `time.monotonic_ns()`.
 
 The master enforces the timeout itself (a hung request may sleep, block in a system call, block
-or ignore TERM, or spin): :class:`Guard` checks every guarded worker periodically and SIGKILLs
-the group of one over its deadline. The decisions are pure functions of the readings and a
-clock, tested with a fake clock in tests/test_guard.py.
+or ignore TERM, or spin): :class:`RequestTimeoutCheck`, one of the monitor's periodic checks
+(gsuper.monitor), reads every guarded worker's page and SIGKILLs the group of one over its
+deadline; :class:`LifetimeCheck` stops daemons older than their `max_lifetime`. The decisions
+are pure functions of the readings and a clock, tested in tests/test_guard.py.
 """
 
 from __future__ import annotations
 
-import logging
 import mmap
 import os
 import random
 import struct
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import gevent
+from gsuper.policy import ExitReason
 
 if TYPE_CHECKING:
     from gsuper.config import ProgramConfig
-    from gsuper.worker import Worker
+    from gsuper.program import Program
 
-log = logging.getLogger("gsuper")
 
 #: Layout of the page: busy-since stamp (ns, CLOCK_MONOTONIC, 0 = idle), request number.
 PAGE_FORMAT = "=qq"
@@ -141,47 +139,45 @@ def check_period(timeouts: Iterable[float]) -> float | None:
     return min(CHECK_MAX_S, max(CHECK_MIN_S, shortest / 10))
 
 
-# -- the periodic check --------------------------------------------------------------------------
+# -- the periodic checks (registered with gsuper.monitor.Monitor) ------------------------------
 
 
-class Guard:
-    """One greenlet of the master: ends requests over their deadline, lives over their lifetime
-    (where the runner does not end them itself), at a period set by the shortest limit."""
+class RequestTimeoutCheck:
+    """`request_timeout`: SIGKILL the group of a worker whose request is over its deadline."""
 
-    def __init__(self, workers: Callable[[], Iterable[Worker]], clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
-        self._workers = workers
-        self._clock_ns = clock_ns
+    name = "request_timeout"
 
-    def period(self, workers: list[Worker]) -> float | None:
-        """The check period for these workers, or None when none is guarded."""
-        limits = []
-        for w in workers:
-            limits.append(w.program.request_timeout_s)
-            if w.lifetime_s and not runner_enforces_lifetime(w.program):
-                limits.append(w.lifetime_s)
-        return check_period(limits)
+    def interval_s(self, program: Program) -> float | None:
+        """A tenth of the program's request_timeout (within bounds); None without one."""
+        return check_period([program.config.request_timeout_s])
 
-    def check(self) -> None:
-        """One pass over every worker."""
-        now_ns = self._clock_ns()
-        for w in list(self._workers()):
-            program = w.program
-            if program.request_timeout_s > 0:
+    def run(self, programs: list[Program], now: float) -> None:
+        """Read the busy page (or reported begin) of every live worker of the due programs."""
+        now_ns = int(now * 1e9)
+        for program in programs:
+            timeout_s = program.config.request_timeout_s
+            for w in program.live_workers():
                 busy = w.busy(now_ns)
-                if over_deadline(busy, program.request_timeout_s, now_ns):
-                    assert busy is not None
+                if busy is not None and over_deadline(busy, timeout_s, now_ns):
                     w.end_request(busy.request, (now_ns - busy.since_ns) / 1e9)
-                    continue
-            if w.lifetime_s and not runner_enforces_lifetime(program) and over_lifetime(w.started_at, w.lifetime_s, now_ns / 1e9):
-                w.recycle("max_lifetime")
 
-    def run(self) -> None:
-        """Check forever; idle (1 s naps) while no program is guarded."""
-        while True:
-            period = self.period(list(self._workers()))
-            gevent.sleep(period if period is not None else 1.0)
-            if period is not None:
-                try:
-                    self.check()
-                except Exception:  # noqa: BLE001 - a bug here must not end the guard for everyone
-                    log.exception("request guard check failed")
+
+class LifetimeCheck:
+    """`max_lifetime` of workers that do not end their own life (daemon mode, exec, shell):
+    stop them gracefully (stopsignal, stop_timeout) and replace them at once."""
+
+    name = "max_lifetime"
+
+    def interval_s(self, program: Program) -> float | None:
+        """A tenth of the program's max_lifetime (within bounds); None when its runner ends
+        its own life or it has no max_lifetime."""
+        if runner_enforces_lifetime(program.config):
+            return None
+        return check_period([program.config.max_lifetime_s])
+
+    def run(self, programs: list[Program], now: float) -> None:
+        """Recycle every starting or running worker older than its drawn lifetime."""
+        for program in programs:
+            for w in program.stoppable_workers():
+                if over_lifetime(w.started_at, w.lifetime_s, now):
+                    w.recycle(ExitReason.MAX_LIFETIME)

@@ -27,6 +27,7 @@ from gsuper.commands import Commands, Refused
 from gsuper.control import ControlServer
 from gsuper.daemon import PidFile, describe
 from gsuper.events import Event, EventStream
+from gsuper.guard import LifetimeCheck, RequestTimeoutCheck
 from gsuper.logs import LogFile, LogFiles, setup_master_logging
 from gsuper.monitor import MemoryCheck, Monitor, sample_rss
 from gsuper.program import Program, RollingError
@@ -63,6 +64,8 @@ class Master:
         self.master_log = LogFile(os.path.join(cfg.logdir, "gsuper.log"), cfg.log_max_bytes, cfg.log_backups, _stderr)
         self.monitor = Monitor(self.programs.values, lambda: self.config.memory_check_interval_s)
         self.monitor.add(MemoryCheck(lambda: self.config.memory_check_interval_s))
+        self.monitor.add(RequestTimeoutCheck())
+        self.monitor.add(LifetimeCheck())
         self.stopping = False
         self._signals: gevent.queue.Queue[int] = gevent.queue.Queue()
         self._done = gevent.event.Event()

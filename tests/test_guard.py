@@ -1,18 +1,24 @@
-"""The pure parts of gsuper.guard (request deadlines, lifetimes, the busy page), with a fake
-clock and fake workers: no process is started here."""
+"""gsuper.guard in-process (fast tier): the pure decisions, the busy page, the two monitor
+checks on fake workers, and a Worker slot on a scripted child and a virtual clock (fakes.py).
+No process is started here."""
 
 from __future__ import annotations
 
 import os
+import signal
 import struct
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import gevent
 import pytest
+from fakes import FakeClock, FakeSpawner, Life, NullLog, program_config
 
 from gsuper import guard
 from gsuper.config import ProgramConfig
-from gsuper.guard import Busy, BusyPage, Guard
+from gsuper.guard import Busy, BusyPage, LifetimeCheck, RequestTimeoutCheck
+from gsuper.policy import ExitReason
+from gsuper.worker import Worker
 
 S = 1_000_000_000  # ns per second
 
@@ -92,14 +98,14 @@ def test_the_page_reads_what_a_runner_writes_and_idle_is_none():
 
 @dataclass
 class FakeWorker:
-    """What Guard uses of a Worker."""
+    """What the checks use of a Worker."""
 
-    program: ProgramConfig
+    config: ProgramConfig
     reading: Busy | None = None
     started_at: float = 0.0
     lifetime_s: float = 0.0
     ended: list[tuple[int, float]] = field(default_factory=list)
-    recycled: list[str] = field(default_factory=list)
+    recycled: list[ExitReason] = field(default_factory=list)
 
     def busy(self, now_ns: int) -> Busy | None:
         return self.reading
@@ -107,33 +113,106 @@ class FakeWorker:
     def end_request(self, request: int, ran_s: float) -> None:
         self.ended.append((request, ran_s))
 
-    def recycle(self, reason: str) -> None:
+    def recycle(self, reason: ExitReason) -> None:
         self.recycled.append(reason)
 
 
-def test_guard_ends_only_the_request_over_its_deadline():
-    now = [100 * S]
-    hung = FakeWorker(program(request_timeout_s=2.0), Busy(97 * S, 51))
-    healthy = FakeWorker(program(request_timeout_s=2.0), Busy(99 * S, 9))
-    idle = FakeWorker(program(request_timeout_s=2.0))
-    unguarded = FakeWorker(program(), Busy(1 * S, 3))
-    g = Guard(lambda: [hung, healthy, idle, unguarded], clock_ns=lambda: now[0])
-    assert g.period([hung, healthy, idle, unguarded]) == 0.2  # type: ignore[list-item]
-    g.check()
+@dataclass
+class FakeProgram:
+    config: ProgramConfig
+    workers: list[FakeWorker]
+    name: str = "p"
+
+    def live_workers(self) -> list[FakeWorker]:
+        return self.workers
+
+    def stoppable_workers(self) -> list[FakeWorker]:
+        return self.workers
+
+
+def test_request_timeout_check_ends_only_the_request_over_its_deadline():
+    cfg = program(request_timeout_s=2.0)
+    hung, healthy, idle = FakeWorker(cfg, Busy(97 * S, 51)), FakeWorker(cfg, Busy(99 * S, 9)), FakeWorker(cfg)
+    check = RequestTimeoutCheck()
+    assert check.interval_s(FakeProgram(cfg, [])) == 0.2  # type: ignore[arg-type]
+    assert check.interval_s(FakeProgram(program(), [])) is None  # type: ignore[arg-type]
+    programs = [FakeProgram(cfg, [hung, healthy, idle])]
+    check.run(programs, 100.0)  # type: ignore[arg-type]
     assert hung.ended == [(51, 3.0)]
-    assert healthy.ended == idle.ended == unguarded.ended == []
-    now[0] = 101 * S + 1
-    g.check()
-    assert healthy.ended == [(9, 2.000000001)]
+    assert healthy.ended == idle.ended == []
+    check.run(programs, 101.5)  # type: ignore[arg-type]
+    assert healthy.ended == [(9, 2.5)]
 
 
-def test_guard_stops_daemons_over_their_lifetime_and_leaves_loops_to_their_runner():
-    now = [1000 * S]
-    daemon = FakeWorker(program(runner="exec", mode="daemon", max_lifetime_s=60.0), started_at=900.0, lifetime_s=60.0)
-    young = FakeWorker(program(runner="exec", mode="daemon", max_lifetime_s=60.0), started_at=990.0, lifetime_s=60.0)
-    loop = FakeWorker(program(max_lifetime_s=60.0), started_at=900.0, lifetime_s=60.0)
-    g = Guard(lambda: [daemon, young, loop], clock_ns=lambda: now[0])
-    assert g.period([daemon, loop]) == 0.25  # type: ignore[list-item]
-    assert g.period([loop]) is None  # type: ignore[list-item]  # the runner ends its own life
-    g.check()
-    assert daemon.recycled == ["max_lifetime"] and young.recycled == [] and loop.recycled == []
+def test_lifetime_check_stops_daemons_and_leaves_loops_to_their_runner():
+    daemon_cfg = program(runner="exec", mode="daemon", max_lifetime_s=60.0)
+    old, young = (
+        FakeWorker(daemon_cfg, started_at=900.0, lifetime_s=60.0),
+        FakeWorker(daemon_cfg, started_at=990.0, lifetime_s=60.0),
+    )
+    check = LifetimeCheck()
+    assert check.interval_s(FakeProgram(daemon_cfg, [])) == 0.25  # type: ignore[arg-type]
+    assert check.interval_s(FakeProgram(program(max_lifetime_s=60.0), [])) is None  # type: ignore[arg-type]
+    check.run([FakeProgram(daemon_cfg, [old, young])], 1000.0)  # type: ignore[list-item]
+    assert old.recycled == [ExitReason.MAX_LIFETIME] and young.recycled == []
+
+
+# -- the slot, on a scripted child and a virtual clock (tests/fakes.py) ---------------------------
+
+
+def until(condition: Any, what: str, steps: int = 2000) -> None:
+    for _ in range(steps):
+        if condition():
+            return
+        gevent.sleep(0)
+    pytest.fail(f"never happened: {what}")
+
+
+def test_a_hung_request_is_killed_and_respawned_at_once_never_a_failed_start():
+    clock = FakeClock()
+    spawner = FakeSpawner(clock, Life(busy=True), Life())
+    cfg = program_config(runner="php", mode="loop", script="/x.php", command=None, request_timeout_s=0.5, startsecs_s=1.0)
+    w = Worker(cfg, 0, NullLog(), None, spawner, clock)  # type: ignore[arg-type]
+    p = FakeProgram(cfg, [w])  # type: ignore[list-item]
+    w.start()
+    check = RequestTimeoutCheck()
+    check.run([p], clock.now() + 0.4)  # type: ignore[list-item]
+    assert spawner.spawned[0].signals == []  # within the timeout: left alone
+    assert w.snapshot()["busy_s"] == 0.0
+    check.run([p], clock.now() + 0.6)  # type: ignore[list-item]
+    assert spawner.spawned[0].signals[0] == signal.SIGKILL
+    until(lambda: len(spawner.spawned) == 2, "the respawn")
+    assert w.last_exit == {"reason": "request_timeout", "code": -signal.SIGKILL}
+    assert w.restarts == 1 and w._failures == 0 and w.state.value != "BACKOFF"  # killed before startsecs: still no failure
+    assert spawner.spawned[1].born == pytest.approx(spawner.spawned[0].born)  # at once, no delay
+    assert w.snapshot()["busy_s"] is None
+    w.stop()
+
+
+def test_a_daemon_over_its_lifetime_is_stopped_gracefully_and_replaced():
+    clock = FakeClock()
+    spawner = FakeSpawner(clock, Life(lifetime_s=60.0, on_term=0), Life())
+    cfg = program_config(max_lifetime_s=60.0)
+    w = Worker(cfg, 0, NullLog(), None, spawner, clock)  # type: ignore[arg-type]
+    w.start()
+    until(lambda: w.state.value == "RUNNING", "running")
+    LifetimeCheck().run([FakeProgram(cfg, [w])], clock.now() + 61.0)  # type: ignore[list-item]
+    until(lambda: len(spawner.spawned) == 2, "the replacement")
+    assert spawner.spawned[0].signals[0] == signal.SIGTERM  # its stopsignal, not a kill
+    assert w.last_exit == {"reason": "max_lifetime", "code": 0} and w.restarts == 1
+    w.stop()
+
+
+def test_an_exec_program_reports_begin_and_idle_on_the_status_pipe():
+    clock = FakeClock()
+    spawner = FakeSpawner(clock, Life(reports=[{"event": "begin", "request": 3}]))
+    cfg = program_config(request_timeout_s=1.0)
+    w = Worker(cfg, 0, NullLog(), None, spawner, clock)  # type: ignore[arg-type]
+    w.start()
+    until(lambda: w.busy(int(clock.now() * 1e9)) is not None, "the begin report")
+    assert w.busy(int(clock.now() * 1e9)).request == 3  # type: ignore[union-attr]
+    w._on_reports(b'{"event": "idle"}\n')
+    assert w.busy(int(clock.now() * 1e9)) is None
+    w._on_reports(b'{"event": "begin", "request": 4}\n{"event": "request", "requests": 4}\n')
+    assert w.busy(int(clock.now() * 1e9)) is None  # request 4 reported done
+    w.stop()
