@@ -105,7 +105,13 @@ def deadline_rounds(d: Path, langs: list[str], rounds: int, timeout_s: float) ->
     (d / "bench_hang.py").write_text(PY_HANG)
     sections = ["[gsuper]\nloglevel = info\n"]
     for lang in langs:
-        handler = "handler = bench_hang\nbootstrap = hang.php" if lang == "php" else "handler = bench_hang:bench_hang"
+        # Python: the interpreter that runs this script, as runner_rps.py does (`python3` on PATH
+        # may be a pyenv shim, a shell script that costs hundreds of ms per start).
+        handler = (
+            "handler = bench_hang\nbootstrap = hang.php"
+            if lang == "php"
+            else f"handler = bench_hang:bench_hang\ninterpreter = {sys.executable}"
+        )
         sections.append(
             f"[program:{lang}]\nrunner = {lang}\n{handler}\nrequest_timeout = {timeout_s}\nusleep = 1000\n"
             f"environment = EVENTS={d}/{lang}.events, MARKER={d}/{lang}.marker\n"
