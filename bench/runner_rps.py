@@ -260,10 +260,13 @@ def bench_language(lang: str, args: argparse.Namespace, d: Path) -> dict[str, An
         log(f"{lang}: round {r + 1}/{args.rounds}: bare loop, runner (handler) without and with busy page"
             f"{', runner at ' + args.baseline_ref if base_argv else ''}, {args.duration:g} s each")  # fmt: skip
         res["bare"].append(bare_loop(bare_argv, d, args.duration))
+        if r % 2:  # every other round the busy page goes first: no bias from the order
+            res["runner_busy"].append(through_runner(runner_argv, d, handler_env, args.duration, busy=True)["rps"])
         detail = through_runner(runner_argv, d, handler_env, args.duration)
         res["runner"].append(detail["rps"])
         res["runner_detail"].append(detail)
-        res["runner_busy"].append(through_runner(runner_argv, d, handler_env, args.duration, busy=True)["rps"])
+        if not r % 2:
+            res["runner_busy"].append(through_runner(runner_argv, d, handler_env, args.duration, busy=True)["rps"])
         if base_argv:
             res["runner_base"].append(through_runner(base_argv, d, handler_env, args.duration)["rps"])
     log(f"{lang}: runner in script mode (empty script per request), {args.duration:g} s")
