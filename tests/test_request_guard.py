@@ -255,7 +255,7 @@ def test_max_lifetime_in_loop_mode_finishes_the_request_and_recycles(gs, runner)
     gs.run("-s", "stop", check=True)
     events = [line.split() for line in (gs.root / "life.txt").read_text().splitlines()]
     pids = list(dict.fromkeys(pid for pid, _ in events))
-    assert len(pids) >= 3
+    assert len(pids) >= 2  # the two lives that ended (the third may not have begun a request yet)
     for pid in pids:  # every request a life began, it finished: none was cut
         assert [e for p, e in events if p == pid].count("start") == [e for p, e in events if p == pid].count("end")
     log = gs.log()
