@@ -80,6 +80,12 @@ max_request_jitter = integer(min=0, default=0)
 memory_limit = size(bare="M", default="0")
 # Seconds between the master's samples of this program's worker trees (memory_limit). Default: [gsuper]'s.
 memory_check_interval = duration(default=None)
+# Seconds a request may run (php, python, programs that report requests); then SIGKILL to its group, a new worker. 0 = none.
+request_timeout = duration(default="0")
+# Seconds a worker may live; it then finishes its request (daemon mode: is stopped gracefully) and is replaced. 0 = none.
+max_lifetime = duration(default="0")
+# A random extra of 0..N seconds per life, so workers started together are not replaced together.
+max_lifetime_jitter = duration(default="0")
 # Microseconds slept after every request in loop mode (CPU guard).
 usleep = integer(min=0, max=60000000, default=1000)
 # true, false, or unexpected (restart only on exit codes not in exitcodes).
@@ -168,6 +174,8 @@ def parse_size(text: str, bare: str = "M") -> int:
 def parse_duration(text: str) -> float:
     """Parse `30`, `30s`, `500ms`, `5m`, `1h` into seconds."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", str(text))
+    if not m and re.fullmatch(r"\s*-\s*\d+(?:\.\d+)?\s*(ms|s|m|h)?\s*", str(text)):
+        raise ValueError(f'"{text}" is negative (a duration is 0 or more seconds)')
     if not m:
         raise ValueError(f'"{text}" is not a duration (use seconds, or 500ms, 30s, 5m, 1h)')
     return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
@@ -347,6 +355,10 @@ class ProgramConfig:
     here: str = ""  # the folder of the file that holds the section: %(here)s
     base: str = ""  # the folder relative paths are relative to (the main file's)
     per_worker: bool = False  # some template uses %(process_num)
+    # -- issue 11: guarding the request (gsuper/guard.py)
+    request_timeout_s: float = 0.0
+    max_lifetime_s: float = 0.0
+    max_lifetime_jitter_s: float = 0.0
 
     def expansions(self, index: int) -> dict[str, str | int]:
         """The named expansions of one worker (%(ENV_X)s come from the environment)."""
@@ -694,6 +706,8 @@ def _build_program(path: str, name: str, sec: Any, absolute: Any, defaults: dict
     numprocs_max = _check_scaling(where, sec)
     if sec["max_request"] and mode != "loop":
         raise ConfigError(f"{where} max_request: only for mode = loop (a daemon-mode program serves no requests)")
+    if sec["request_timeout"] and mode != "loop" and runner in ("php", "python"):
+        raise ConfigError(f"{where} request_timeout: only for mode = loop (a daemon-mode {runner} program serves no requests)")
     logfile = sec["logfile"]
     stderr_logfile = sec["stderr_logfile"]
     templates = [command or "", directory, logfile or "", stderr_logfile or "", *env.values()]
@@ -737,6 +751,9 @@ def _build_program(path: str, name: str, sec: Any, absolute: Any, defaults: dict
         scale_interval_s=max(0.05, sec["scale_interval"]),
         scale_cooldown_s=sec["scale_cooldown"],
         scale_step=sec["scale_step"],
+        request_timeout_s=sec["request_timeout"],
+        max_lifetime_s=sec["max_lifetime"],
+        max_lifetime_jitter_s=sec["max_lifetime_jitter"],
     )
     _check_workers(where, program, user)
     # The runner files, the script and the bootstrap are read by the worker itself, as the user.

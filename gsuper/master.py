@@ -28,6 +28,7 @@ from gsuper.commands import Commands, Refused
 from gsuper.control import ControlServer
 from gsuper.daemon import PidFile, describe
 from gsuper.events import Event, EventStream
+from gsuper.guard import LifetimeCheck, RequestTimeoutCheck
 from gsuper.logs import LogFile, LogFiles, setup_master_logging
 from gsuper.monitor import MemoryCheck, Monitor, sample_rss
 from gsuper.program import Program, RollingError
@@ -66,6 +67,8 @@ class Master:
         self.monitor.add(MemoryCheck(lambda: self.config.memory_check_interval_s))
         self.backlog = BacklogCheck(lambda: self._busy or self.stopping)
         self.monitor.add(self.backlog)
+        self.monitor.add(RequestTimeoutCheck())
+        self.monitor.add(LifetimeCheck())
         self.stopping = False
         self._signals: gevent.queue.Queue[int] = gevent.queue.Queue()
         self._done = gevent.event.Event()

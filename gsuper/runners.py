@@ -92,11 +92,19 @@ def _program_env(program: ProgramConfig, index: int) -> dict[str, str]:
     return env
 
 
-def env_for(program: ProgramConfig, index: int, status_fd: int, max_request: int) -> dict[str, str]:
+def env_for(
+    program: ProgramConfig, index: int, status_fd: int, max_request: int, busy_fd: int | None = None, deadline_ns: int = 0
+) -> dict[str, str]:
     """The environment of one worker: the master's, the program's `environment`, then GSUPER_*.
 
-    `max_request` is this life's limit, with the jitter already drawn.
+    `max_request` is this life's limit, with the jitter already drawn; `busy_fd` the worker's
+    busy page (gsuper.guard); `deadline_ns` the CLOCK_MONOTONIC time after which a loop-mode
+    runner ends its life between requests (max_lifetime, jitter drawn), 0 for none.
     """
     env = dict(_program_env(program, _key(program, index)))
     env.update(GSUPER_WORKER=str(index), GSUPER_STATUS_FD=str(status_fd), GSUPER_MAX_REQUEST=str(max_request))
+    if busy_fd is not None:
+        env["GSUPER_BUSY_FD"] = str(busy_fd)
+    if deadline_ns:
+        env["GSUPER_DEADLINE_NS"] = str(deadline_ns)
     return env

@@ -13,12 +13,13 @@ import errno
 import os
 import shutil
 import signal
+import time
 from collections.abc import Callable
 
 import gevent
 import gevent.event
 
-from gsuper import runners
+from gsuper import guard, runners
 from gsuper.config import ProgramConfig
 from gsuper.logs import PipeReader
 from gsuper.users import User
@@ -78,13 +79,14 @@ def spawn(
     env: dict[str, str],
     cwd: str,
     output_fd: int,
-    keep_fd: int,
+    keep_fds: tuple[int, ...],
     user: User | None = None,
     error_fd: int | None = None,
 ) -> Child:
     """Start argv in `cwd`, in a new session, stdin from /dev/null, stdout to `output_fd` and
-    stderr to `error_fd` (default: `output_fd` too), with `keep_fd` left open at its number, as
-    `user` when given. Raises OSError when it cannot start.
+    stderr to `error_fd` (default: `output_fd` too), with each of `keep_fds` left open at its
+    number (the status pipe, the busy page), as `user` when given. Raises OSError when it
+    cannot start.
 
     The master is single-threaded, so changing its working directory around the spawn is safe;
     every path it uses itself is absolute.
@@ -99,7 +101,8 @@ def spawn(
         (os.POSIX_SPAWN_DUP2, output_fd, 1),
         (os.POSIX_SPAWN_DUP2, output_fd if error_fd is None else error_fd, 2),
     ]
-    os.set_inheritable(keep_fd, True)
+    for fd in keep_fds:
+        os.set_inheritable(fd, True)
     try:
         previous = os.getcwd()
     except OSError:  # the folder the master was started in is gone
@@ -109,19 +112,39 @@ def spawn(
         pid = os.posix_spawnp(command[0], command, env, file_actions=actions, setsid=True, setsigmask=(), setsigdef=_RESET)
     finally:
         os.chdir(previous)
-        os.set_inheritable(keep_fd, False)
+        for fd in keep_fds:
+            os.set_inheritable(fd, False)
     return Child(pid)
 
 
 class WorkerProcess:
-    """A spawned worker: its :class:`Child` and the readers of its output and status pipes."""
+    """A spawned worker: its :class:`Child`, the readers of its output and status pipes, and
+    its busy page with this life's lifetime (gsuper.guard)."""
 
-    def __init__(self, child: Child, output: PipeReader, status: PipeReader, errors: PipeReader | None = None) -> None:
+    def __init__(
+        self,
+        child: Child,
+        output: PipeReader,
+        status: PipeReader,
+        errors: PipeReader | None = None,
+        page: guard.BusyPage | None = None,
+        lifetime_s: float = 0.0,
+        spawned_ns: int = 0,
+    ) -> None:
         self.child = child
         self.pid = child.pid
         self._output = output
         self._status = status
         self._errors = errors  # stderr's own reader, with stderr_logfile
+        self._page = page
+        self.lifetime_s = lifetime_s  # max_lifetime with its jitter drawn, 0: unlimited
+        self._spawned_ns = spawned_ns
+
+    def busy(self, now_ns: int) -> guard.Busy | None:
+        """The request the worker stamped on its busy page, or None (idle, or no page)."""
+        if self._page is None:
+            return None
+        return guard.sane(self._page.read(), self._spawned_ns, now_ns)
 
     @property
     def returncode(self) -> int | None:
@@ -133,8 +156,12 @@ class WorkerProcess:
         return self.child.wait(timeout)
 
     def drain(self, timeout_s: float) -> None:
-        """After the exit: let the status reader take the runner's last report (its exit reason)."""
+        """After the exit: let the status reader take the runner's last report (its exit reason);
+        the busy page is no longer needed."""
         self._status.eof.wait(timeout=timeout_s)
+        if self._page is not None:
+            self._page.close()
+            self._page = None
 
     def signal_group(self, sig: int) -> None:
         """Send `sig` to the process group the worker leads. Raises OSError (ESRCH: gone)."""
@@ -153,12 +180,19 @@ def launch_worker(
 
     With `on_errors`, stderr gets a pipe of its own; else it shares stdout's (one ordered
     stream). The worker runs in its own `directory` (expanded), as the program's `user`.
-    Raises OSError (with the reason) when the process cannot be started.
+    Raises OSError (with the reason) when the process cannot be started. The lifetime of this
+    life (max_lifetime plus its jitter) is drawn here: a php or python loop gets its deadline in
+    the environment, as it must know it from its start.
     """
     settings = runners.settings(config, index)
     # `check` saw every folder below numprocs; one that differs per worker may be missing above it.
     if config.per_worker and not os.path.isdir(settings.directory):
         raise OSError(errno.ENOENT, f"no such folder {settings.directory}")
+    lifetime_s = guard.draw_lifetime(config)
+    spawned_ns = time.monotonic_ns()
+    deadline_ns = spawned_ns + int(lifetime_s * 1e9) if lifetime_s and guard.runner_enforces_lifetime(config) else 0
+    page = guard.BusyPage() if guard.has_busy_page(config) else None
+    busy_fd = page.fd if page is not None else None
     status_r, status_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r: int | None = None
@@ -169,16 +203,22 @@ def launch_worker(
     for fd in readers:
         os.set_blocking(fd, False)
     argv = runners.argv_for(config, index)
-    env = runners.env_for(config, index, status_w, max_request)
+    env = runners.env_for(config, index, status_w, max_request, busy_fd, deadline_ns)
+    keep = (status_w,) if busy_fd is None else (status_w, busy_fd)
     try:
-        child = spawn(argv, env, settings.directory, out_w, status_w, config.user, err_w)
+        child = spawn(argv, env, settings.directory, out_w, keep, config.user, err_w)
     except OSError:
         for fd in readers:
             os.close(fd)
+        if page is not None:
+            page.close()
         raise
     finally:
         for write_end in (status_w, out_w, err_w):
             if write_end is not None:
                 os.close(write_end)
+    if page is not None:
+        page.close_fd()  # the worker has its own; the mapping stays
     errors = PipeReader(err_r, on_errors) if err_r is not None and on_errors is not None else None
-    return WorkerProcess(child, PipeReader(out_r, on_output), PipeReader(status_r, on_reports, STATUS_LINE_MAX), errors)
+    output, status = PipeReader(out_r, on_output), PipeReader(status_r, on_reports, STATUS_LINE_MAX)
+    return WorkerProcess(child, output, status, errors, page, lifetime_s, spawned_ns)

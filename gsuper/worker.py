@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import gevent
 import gevent.event
 
-from gsuper import runners
+from gsuper import guard, runners
 from gsuper.config import ProgramConfig
 from gsuper.events import Event, EventStream
 from gsuper.logs import LogFile, LogFiles, output_to_log
@@ -57,6 +57,13 @@ class Process(Protocol):
 
     def signal_group(self, sig: int) -> None:
         """Signal the process group the worker leads (raises OSError)."""
+
+    @property
+    def lifetime_s(self) -> float:
+        """This life's max_lifetime, jitter drawn (0: unlimited)."""
+
+    def busy(self, now_ns: int) -> guard.Busy | None:
+        """The request the worker stamped on its busy page, or None when idle."""
 
 
 class Spawner(Protocol):
@@ -141,6 +148,8 @@ class Worker:
         self._reported_exit: str | None = None
         self._failures = 0
         self._loop: gevent.Greenlet | None = None
+        self._pipe_busy: guard.Busy | None = None  # a request an exec program said it began
+        self._request_killed = False
 
     # -- public operations ------------------------------------------------------------------
 
@@ -204,6 +213,35 @@ class Worker:
         log.info("%s (pid %s): recycling (%s)", self.name, proc.pid, reason.value)
         gevent.spawn(self._terminate, proc, self.config.stop_timeout_s)
 
+    @property
+    def lifetime_s(self) -> float:
+        """The live process's max_lifetime (jitter drawn), 0 when unlimited or none runs."""
+        return self.proc.lifetime_s if self.proc is not None else 0.0
+
+    def busy(self, now_ns: int) -> guard.Busy | None:
+        """The request the live process is in (its busy page, or begin/idle reports on the
+        status pipe), or None when idle."""
+        if not self.alive or self.proc is None:
+            return None
+        if Rules.of(self.config).loop_runs:  # exec in loop mode: each run is one request
+            return guard.Busy(int(self.started_at * 1e9), self.requests + 1)
+        return self.proc.busy(now_ns) or self._pipe_busy
+
+    def end_request(self, request: int, ran_s: float) -> None:
+        """request_timeout: SIGKILL the group now (a hung request may block or ignore every
+        other signal); the slot respawns at once, reason request_timeout, never a failure."""
+        proc = self.proc
+        if proc is None or proc.returncode is not None or self._request_killed:
+            return
+        self._request_killed = True
+        if not self._stopping:
+            self._recycle_reason = ExitReason.REQUEST_TIMEOUT
+        log.warning(
+            "%s (pid %s): request %d ran %.3fs, over request_timeout %gs: SIGKILL to its group",
+            self.name, proc.pid, request, ran_s, self.config.request_timeout_s,
+        )  # fmt: skip
+        self._signal(signal.SIGKILL)
+
     def observe_rss(self, rss_bytes: int) -> None:
         """Record a memory sample of the worker's process tree."""
         self.rss_bytes = rss_bytes
@@ -213,6 +251,7 @@ class Worker:
         alive = self.state in LIVE_STATES and self.pid is not None
         now = self.clock.now()
         stopping = self.state is S.STOPPING and self.stop_deadline is not None
+        busy_s = guard.busy_seconds(self.busy(int(now * 1e9)), int(now * 1e9)) if alive else None
         return {
             "program": self.config.name,
             "index": self.index,
@@ -222,6 +261,7 @@ class Worker:
             "restarts": self.restarts,
             "requests": self.requests,
             "rss_bytes": self.rss_bytes if alive else None,
+            "busy_s": None if busy_s is None else round(busy_s, 3),
             "last_exit": self.last_exit,
             "last_error": self.last_error,
             "user": self.config.user.name if self.config.user else None,
@@ -268,6 +308,7 @@ class Worker:
         config = self.config
         self._reported_exit = None
         self._recycle_reason = None
+        self._pipe_busy, self._request_killed = None, False
         self.up.clear()
         max_request = config.max_request
         if max_request and config.max_request_jitter:
@@ -403,6 +444,14 @@ class Worker:
             return
         if kind == "request":
             self._count_requests(event)
+            if self._pipe_busy is not None and self.requests >= self._pipe_busy.request:
+                self._pipe_busy = None
+        elif kind == "begin":  # an exec program opts in to request_timeout and busy_s
+            number = event.get("request")
+            ok = isinstance(number, int) and not isinstance(number, bool)
+            self._pipe_busy = guard.Busy(int(self.clock.now() * 1e9), number if ok else self.requests + 1)
+        elif kind == "idle":
+            self._pipe_busy = None
         elif kind == "ready":
             self.up.set()
             if self.state is S.STARTING:  # serving already: RUNNING without waiting for startsecs

@@ -54,6 +54,8 @@ class Life:
     code: int = 0
     reports: list[dict[str, Any]] = field(default_factory=list)
     on_term: int | None = None
+    busy: bool = False  # its busy page says request 1 runs since its spawn (False: idle)
+    lifetime_s: float = 0.0  # its drawn max_lifetime
 
 
 class FakeProcess:
@@ -65,8 +67,17 @@ class FakeProcess:
         self.life = life
         self.born = clock.t
         self.signals: list[int] = []
+        self.lifetime_s = life.lifetime_s
         self._code: int | None = None
         self._gone = gevent.event.Event()
+
+    def busy(self, now_ns: int) -> Any:
+        """Its busy page: busy since its spawn, with request 1, when its life says so."""
+        from gsuper.guard import Busy
+
+        if not self.life.busy or self._code is not None:
+            return None
+        return Busy(int(self.born * 1e9), 1)
 
     @property
     def returncode(self) -> int | None:

@@ -136,6 +136,13 @@ ERRORS = [
     ("numprocs = 2\n[program:a]\ncommand = sleep 1\n", "stands before any [section]"),
     ("[program:a]\ncommand = sleep 1\nmax_request = 5\n", "max_request: only for mode = loop"),
     ("[program:a]\ncommand = sleep 1\nenvironment = NOEQUALS\n", "[program:a] environment:"),
+    ("[program:a]\nrunner = php\nscript = task.php\nrequest_timeout = -1\n", '[program:a] request_timeout: "-1" is negative'),
+    ("[program:a]\nrunner = php\nscript = task.php\nrequest_timeout = soon\n", '[program:a] request_timeout: "soon" is not a duration'),
+    ("[program:a]\ncommand = sleep 1\nmax_lifetime = -5m\n", '[program:a] max_lifetime: "-5m" is negative'),
+    ("[program:a]\ncommand = sleep 1\nmax_lifetime = 1 hour\n", "[program:a] max_lifetime: "),
+    ("[program:a]\ncommand = sleep 1\nmax_lifetime_jitter = -1\n", "[program:a] max_lifetime_jitter: "),
+    ("[program:a]\ncommand = sleep 1\nmax_lifetime_jitter = x\n", "[program:a] max_lifetime_jitter: "),
+    ("[program:a]\nrunner = php\nmode = daemon\nscript = task.php\nrequest_timeout = 5\n", "request_timeout: only for mode = loop"),
 ]
 
 
@@ -174,6 +181,7 @@ def test_every_contract_key_is_in_the_spec():
         "runner", "script", "handler", "command", "bootstrap", "numprocs", "max_request", "max_request_jitter", "memory_limit",
         "usleep", "autorestart", "exitcodes", "startsecs", "startretries", "stopsignal", "stop_timeout", "directory",
         "environment", "mode",
+        "request_timeout", "max_lifetime", "max_lifetime_jitter",  # 0.2: guarding the request
     }  # fmt: skip
     assert contract <= keys
 
@@ -186,6 +194,27 @@ def test_check_command_line(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bin/gsuper"), "-s", "check", "-c", bad], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and "[program:a] numprocs" in proc.stderr
+
+
+def test_request_guard_keys(tmp_path):
+    cfg = load(
+        write(
+            tmp_path,
+            "[program:a]\nrunner = php\nscript = task.php\nrequest_timeout = 2\nmax_lifetime = 1h\nmax_lifetime_jitter = 5m\n"
+            "[program:b]\ncommand = sleep 1\nrequest_timeout = 500ms\n[program:c]\ncommand = sleep 1\n",
+        )
+    )
+    a, b, c = (cfg.programs[n] for n in "abc")
+    assert (a.request_timeout_s, a.max_lifetime_s, a.max_lifetime_jitter_s) == (2.0, 3600.0, 300.0)
+    assert b.request_timeout_s == 0.5  # an exec program that reports its requests
+    assert (c.request_timeout_s, c.max_lifetime_s, c.max_lifetime_jitter_s) == (0.0, 0.0, 0.0)
+
+
+def test_a_bad_guard_value_is_exit_2_naming_the_key(tmp_path):
+    bad = write(tmp_path, "[program:a]\nrunner = php\nscript = task.php\nrequest_timeout = -3\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "bin/gsuper"), "-s", "check", "-c", bad], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "[program:a] request_timeout" in proc.stderr
 
 
 def test_memory_check_interval_globally_and_per_program(tmp_path):

@@ -4,6 +4,7 @@ least once). The counts are printed."""
 
 import os
 import random
+import re
 import signal
 import time
 
@@ -131,3 +132,38 @@ def test_at_least_once_through_sigkills_of_workers_and_master(gs, redis_server, 
         )
     assert set(finished) == set(ids), "a job was lost"
     assert twice <= kills, "more jobs ran twice than workers were killed"
+
+
+def test_hung_jobs_are_ended_by_request_timeout_and_done_exactly_once(gs, redis_server, capsys):
+    """Every 50th of 2,000 jobs hangs on its first attempt: request_timeout = 2 ends each hung
+    worker, a fresh one recovers the job, and every job is done exactly once; no healthy worker
+    is disturbed (exactly one replacement per hang)."""
+    client = redis_server
+    gs.write(
+        "[gsuper]\n"
+        + program("guarded", client.port, "request_timeout = 2")
+        .replace("numprocs     = 2", "numprocs     = 4")
+        .replace("JOB_MS=2", "JOB_MS=1")
+    )
+    gs.start()
+    ids = [f"hang-once:job-{i}" if i % 50 == 49 else f"job-{i}" for i in range(2000)]
+    hangs = sum(1 for i in ids if i.startswith("hang-once:"))
+    client.lpush("rel", *ids)
+    wait_for(lambda: client.llen("rel:done") >= len(ids) and drained(client), 150, "every job done", 0.1)
+
+    finished = client.lrange("rel:done", 0, -1)
+    rows = gs.workers("guarded")
+    log = gs.log()
+    kills = re.findall(r"guarded#\d \(pid \d+\): request \d+ ran (\d+\.\d+)s, over request_timeout 2s", log)
+    with capsys.disabled():
+        print(
+            f"\nrequest_timeout: {len(ids)} jobs pushed ({hangs} hang on their first attempt), {len(finished)} done, "
+            f"{len(set(finished))} distinct; {len(kills)} workers ended by request_timeout, "
+            f"{sum(w['restarts'] for w in rows)} replacements"
+        )
+    assert len(finished) == len(ids) and set(finished) == set(ids), "a job was lost or done twice"
+    assert len(kills) == hangs and all(2.0 <= float(s) < 3.0 for s in kills), kills
+    assert sum(w["restarts"] for w in rows) == hangs, "a healthy worker was disturbed"
+    assert all((w["last_exit"] or {}).get("reason") in (None, "request_timeout") for w in rows), rows
+    assert "FATAL" not in log and "failed start" not in log and "crashed" not in log
+    gs.run("-s", "stop", check=True)

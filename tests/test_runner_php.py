@@ -632,3 +632,20 @@ def test_redis_example_recovers_the_job_of_a_killed_worker(start: Callable[..., 
         assert "recovered 1 unfinished job(s) of workers that died" in second.stderr()
     finally:
         redis.close()
+
+
+# --- max_lifetime (issue 11): the deadline the master passes ---------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_the_deadline_ends_the_life_between_requests_with_max_lifetime(start: Callable[..., PhpWorker]) -> None:
+    deadline = time.monotonic_ns() + 300_000_000  # hrtime() is CLOCK_MONOTONIC, as this is
+    worker = start(
+        handler="Fixtures\\Jobs\\Counter::handle",
+        bootstrap=(HANDLERS,),
+        env={"GSUPER_DEADLINE_NS": deadline, "GSUPER_USLEEP": 1000},
+    )
+    assert worker.wait_exit(15) == 0
+    assert worker.exit_event["reason"] == "max_lifetime" and worker.exit_event["requests"] >= 1
+    assert time.monotonic_ns() >= deadline
+    assert log_lines(worker.log).count("handle") == worker.exit_event["requests"]

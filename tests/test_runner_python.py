@@ -49,6 +49,7 @@ class Worker:
         out_dir: Path,
         status: tuple[int, int] | None = None,
         read_status: bool = True,
+        extra_fds: tuple[int, ...] = (),
     ) -> None:
         Worker._serial += 1
         self.out_path = out_dir / f"worker{Worker._serial}.out"
@@ -74,7 +75,7 @@ class Worker:
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
-                pass_fds=(status_w,),
+                pass_fds=(status_w, *extra_fds),
             )
         os.close(status_w)
         self.pid = self.proc.pid
@@ -156,8 +157,14 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
 def py(spawn: Callable[..., Worker]) -> Callable[..., Worker]:
     """Start the python runner: py(GSUPER_HANDLER="handlers:count", ...)."""
 
-    def start(cwd: Path = HELPERS, status: tuple[int, int] | None = None, read_status: bool = True, **env: Any) -> Worker:
-        return spawn([sys.executable, str(PY_RUNNER)], env, cwd, status=status, read_status=read_status)
+    def start(
+        cwd: Path = HELPERS,
+        status: tuple[int, int] | None = None,
+        read_status: bool = True,
+        extra_fds: tuple[int, ...] = (),
+        **env: Any,
+    ) -> Worker:
+        return spawn([sys.executable, str(PY_RUNNER)], env, cwd, status=status, read_status=read_status, extra_fds=extra_fds)
 
     return start
 
@@ -572,3 +579,64 @@ def test_python_consumer_example_consumes_each_job_exactly_once(py, tmp_path):
     done = [line.split()[0] for line in done_file.read_text().splitlines()]
     assert sorted(done) == sorted(jobs)  # every job, each exactly once
     assert sum(w.exit_event()["requests"] for w in workers) >= 300
+
+
+# --- batches of tiny requests (issue 16), the busy page and max_lifetime (issue 11) -------------
+
+
+def tally(w: Worker) -> int:
+    return int(w.wait_output("tally").split("tally ")[1].split()[0])
+
+
+def test_batches_of_tiny_requests_keep_max_request_exact(py):
+    w = py(GSUPER_HANDLER="tally:tick", GSUPER_MAX_REQUEST=100_003, GSUPER_USLEEP=0)
+    assert w.wait(30) == 0
+    assert w.exit_event() == {"event": "exit", "reason": "max_request", "requests": 100_003}
+    assert tally(w) == 100_003  # the handler ran exactly that often
+
+
+def test_a_stop_during_tiny_requests_is_taken_between_two_and_every_request_counted(py):
+    w = py(GSUPER_HANDLER="tally:tick", GSUPER_USLEEP=0)
+    w.wait_event("request", where=lambda e: e["requests"] > 10_000)
+    w.signal(signal.SIGTERM)
+    assert w.wait() == 0
+    event = w.exit_event()
+    assert event["reason"] == "stopped" and event["requests"] == tally(w)
+
+
+def busy_page() -> tuple[int, Any]:
+    import mmap
+
+    fd = os.memfd_create("test-busy")
+    os.ftruncate(fd, 64)
+    return fd, mmap.mmap(fd, 64)
+
+
+def test_the_busy_page_is_stamped_while_a_request_runs_and_cleared_after(py):
+    import struct
+
+    fd, page = busy_page()
+    try:
+        spawned = time.monotonic_ns()
+        w = py(GSUPER_HANDLER="handlers:slow", SLOW_SECONDS=0.6, GSUPER_USLEEP=300_000, GSUPER_BUSY_FD=fd, extra_fds=(fd,))
+        w.wait_output("before")
+        since, request = struct.unpack_from("=qq", page, 0)
+        assert spawned < since <= time.monotonic_ns() and request == 1
+        w.wait_output("after")
+        poll(lambda: struct.unpack_from("=q", page, 0)[0] == 0, 5, "the idle mark after the request")
+        poll(lambda: struct.unpack_from("=qq", page, 0)[1] == 2, 5, "request 2 stamped")
+        w.signal(signal.SIGTERM)
+        assert w.wait() == 0
+    finally:
+        page.close()
+        os.close(fd)
+
+
+def test_the_deadline_ends_the_life_between_requests_with_max_lifetime(py):
+    deadline = time.monotonic_ns() + 800_000_000
+    w = py(GSUPER_HANDLER="handlers:slow", SLOW_SECONDS=0.5, GSUPER_USLEEP=1000, GSUPER_DEADLINE_NS=deadline)
+    assert w.wait(15) == 0
+    event = w.exit_event()
+    assert event["reason"] == "max_lifetime" and event["requests"] >= 1
+    assert w.out().count("before") == w.out().count("after")  # the request in progress finished
+    assert time.monotonic_ns() >= deadline

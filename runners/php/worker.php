@@ -14,6 +14,10 @@
  *   GSUPER_MEMORY_LIMIT             bytes of resident memory (VmRSS), 0 = none
  *   GSUPER_USLEEP                   microseconds slept after each request, 0 = none
  *   GSUPER_ON_ERROR                 continue (default) | exit (code 70) after a failed request
+ *   GSUPER_BUSY_FD                  the busy page: "busy since" stamp at the start of a request
+ *                                   (batch), 0 when idle; the master enforces request_timeout
+ *   GSUPER_DEADLINE_NS              hrtime (CLOCK_MONOTONIC) after which the worker ends its
+ *                                   life between requests (max_lifetime); 0 = none
  *
  * Exit codes: 0 a clean end (max_request, memory_limit, stopped, done); 70 a failed request
  * with on_error=exit; 78 the worker could not start (bad bootstrap, handler or settings);
@@ -118,6 +122,74 @@ final class StatusPipe
     }
 }
 
+/**
+ * The busy page (docs/runners.md): the master reads from it when the current request began.
+ * Mapped with FFI where PHP has it (a store costs ~30 ns); else written with fseek + fwrite
+ * (~1 µs). Either way once per batch of requests, not per tiny request.
+ */
+final class BusyPage
+{
+    private ?\FFI\CData $slots = null;
+    /** @var resource|null */
+    private $stream = null;
+
+    public function __construct(string $fd, Worker $worker)
+    {
+        if ($fd === '') {
+            return;
+        }
+        if (!ctype_digit($fd)) {
+            throw new CannotStart("GSUPER_BUSY_FD must be a file descriptor number, not '$fd'");
+        }
+        if (\extension_loaded('ffi')) {
+            try {
+                $libc = \FFI::cdef('void *mmap(void *, size_t, int, int, int, long); int close(int);', 'libc.so.6');
+                $map = $libc->mmap(null, 16, 3 /* PROT_READ | PROT_WRITE */, 1 /* MAP_SHARED */, (int) $fd, 0);
+                if (\FFI::cast('intptr_t', $map)->cdata !== -1) { // MAP_FAILED
+                    $this->slots = \FFI::cast('int64_t *', $map);
+                    $libc->close((int) $fd); // the mapping stays; the business code's children do not get it
+                    return;
+                }
+            } catch (\Throwable) {
+                // FFI disabled (ffi.enable) or libc not found by that name: write instead.
+            }
+        }
+        $stream = @fopen("php://fd/$fd", 'r+');
+        if ($stream === false) {
+            $worker->log("cannot open busy page fd $fd; request_timeout cannot be enforced");
+            return;
+        }
+        $this->stream = $stream;
+    }
+
+    public function usable(): bool
+    {
+        return $this->slots !== null || $this->stream !== null;
+    }
+
+    /** A request (or a batch of tiny ones, from request $request) begins now. */
+    public function begin(int $request): void
+    {
+        if ($this->slots !== null) {
+            $this->slots[1] = $request;
+            $this->slots[0] = hrtime(true);
+        } elseif ($this->stream !== null) {
+            fseek($this->stream, 0);
+            fwrite($this->stream, pack('qq', hrtime(true), $request));
+        }
+    }
+
+    public function idle(): void
+    {
+        if ($this->slots !== null) {
+            $this->slots[0] = 0;
+        } elseif ($this->stream !== null) {
+            fseek($this->stream, 0);
+            fwrite($this->stream, pack('q', 0));
+        }
+    }
+}
+
 final class Worker
 {
     public readonly string $name;
@@ -130,8 +202,10 @@ final class Worker
     public readonly int $memoryLimit;
     public readonly int $usleep;
     public readonly bool $exitOnError;
+    public readonly int $deadlineNs;
 
     private StatusPipe $status;
+    private BusyPage $busy;
     /** startup (bootstrap, resolving the handler) | loop | daemon | done */
     private string $phase = 'startup';
     /** Set by our signal handler: only runs if business code unblocked the stop signals. */
@@ -151,6 +225,7 @@ final class Worker
     {
         $this->name = (($env['GSUPER_PROGRAM'] ?? '') ?: 'php') . '#' . (($env['GSUPER_WORKER'] ?? '') ?: '0');
         $this->status = new StatusPipe($env['GSUPER_STATUS_FD'] ?? '', $this);
+        $this->busy = new BusyPage(trim($env['GSUPER_BUSY_FD'] ?? ''), $this);
     }
 
     /**
@@ -177,6 +252,7 @@ final class Worker
         $this->maxRequest = self::count($env, 'GSUPER_MAX_REQUEST');
         $this->memoryLimit = self::count($env, 'GSUPER_MEMORY_LIMIT');
         $this->usleep = self::count($env, 'GSUPER_USLEEP');
+        $this->deadlineNs = self::count($env, 'GSUPER_DEADLINE_NS');
         $onError = ($env['GSUPER_ON_ERROR'] ?? '') ?: 'continue';
         if ($onError !== 'continue' && $onError !== 'exit') {
             throw new CannotStart("GSUPER_ON_ERROR must be continue or exit, not '$onError'");
@@ -332,10 +408,12 @@ final class Worker
         $upToMax = $this->maxRequest > 0 ? $this->maxRequest : \PHP_INT_MAX;
         $sleepS = intdiv($this->usleep, 1_000_000);
         $sleepNs = ($this->usleep % 1_000_000) * 1000;
+        $busy = $this->busy->usable() ? $this->busy : null;
         $started = hrtime(true);
         while (true) {
             $error = null;
             $before = $n;
+            $busy?->begin($n + 1);
             $n = $batch($target, $n, min($n + $size, $upToMax), $error);
             $now = hrtime(true);
             $this->requests = $n;
@@ -362,6 +440,12 @@ final class Worker
             }
             if ($this->memoryLimit > 0 && $this->rss > $this->memoryLimit) {
                 $this->finish('memory_limit', EXIT_OK);
+            }
+            if ($this->deadlineNs > 0 && $now >= $this->deadlineNs) {
+                $this->finish('max_lifetime', EXIT_OK);
+            }
+            if ($this->usleep > 0) {
+                $busy?->idle(); // with usleep = 0 the next batch's stamp follows at once
             }
             // The usleep and the stop check are one call: wait for a stop signal, at most
             // usleep (0: just look). An idle worker thus stops at once, not after its sleep.
@@ -420,6 +504,7 @@ final class Worker
     public function finish(string $reason, int $code, string $message = ''): never
     {
         $this->phase = 'done';
+        $this->busy->idle(); // no request runs any more: the last reports may wait for the pipe
         if ($this->requests > $this->reportedRequests) {
             $this->reportRequests(hrtime(true), true);
         }

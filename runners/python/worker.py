@@ -16,6 +16,10 @@ passes everything in the environment:
     GSUPER_MEMORY_LIMIT RSS in bytes over which the worker exits between requests, 0 = none
     GSUPER_USLEEP       microseconds slept after every request (CPU guard)
     GSUPER_ON_ERROR     continue (default) or exit, on an exception in a request
+    GSUPER_BUSY_FD      the busy page (docs/runners.md): "busy since" stamp at the start of a
+                        request, 0 at its end; the master ends a request over request_timeout
+    GSUPER_DEADLINE_NS  CLOCK_MONOTONIC ns after which the worker ends its life between
+                        requests (max_lifetime); absent or 0: none
 
 Status reports are JSON lines on the status pipe (see docs: runner protocol):
 
@@ -23,7 +27,7 @@ Status reports are JSON lines on the status pipe (see docs: runner protocol):
     {"event": "request", "requests": N, "memory": RSS_BYTES, "ms": FLOAT}   at most every 50 ms
     {"event": "error", "requests": N, "message": "..."}
     {"event": "exit", "reason": R, "requests": N}    R: max_request, memory_limit, stopped,
-                                                     error, bootstrap, done
+                                                     max_lifetime, error, bootstrap, done
 
 Exit codes: 0 recycle or stop; 70 an exception with on_error = exit (or in daemon mode);
 78 bootstrap failure (a hook raised, the script or handler cannot be found or loaded); in
@@ -36,10 +40,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import mmap
 import os
 import runpy
 import select
 import signal
+import struct
 import sys
 import time
 import traceback
@@ -59,6 +65,13 @@ REPORT_INTERVAL = 0.05  # seconds between two request reports at most (rate limi
 FINAL_REPORT_WAIT = 1.0  # seconds the last reports before exit may wait for a full pipe
 MAX_MESSAGE = 500  # characters of an error message in a report (a line stays < PIPE_BUF)
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+# With usleep = 0, tiny requests run in batches that last about this long (at the pace measured
+# so far): the stop flag, memory, lifetime and reports are checked between batches, not after
+# each request (each check costs several times a tiny request). A request longer than this is
+# a batch of its own. A batch grows at most 2x per step and holds at most MAX_BATCH requests.
+CHECK_EVERY = 0.0001
+MAX_BATCH = 1024
+BUSY_FORMAT = "=qq"  # the busy page: busy-since stamp (CLOCK_MONOTONIC ns, 0 = idle), request
 
 # Names runpy puts in a hook's namespace that must not reach the script's globals.
 _RUNPY_NAMES = frozenset(
@@ -136,6 +149,31 @@ class Reporter:
             event, self.pending = self.pending, None
             event["memory"] = memory.rss()
             self.send(event, wait=FINAL_REPORT_WAIT)
+
+
+class BusyPage:
+    """The worker's busy page (GSUPER_BUSY_FD): tells the master when a request began."""
+
+    def __init__(self, fd_text: str) -> None:
+        self.map: mmap.mmap | None = None
+        if not fd_text.strip():
+            return
+        try:
+            fd = int(fd_text)
+            try:
+                self.map = mmap.mmap(fd, 16, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            finally:
+                os.close(fd)  # the mapping stays; the business code's children do not get it
+        except (ValueError, OSError) as exc:
+            log(f"GSUPER_BUSY_FD={fd_text!r} is not usable ({exc}); request_timeout cannot be enforced")
+
+    def begin(self, request: int) -> None:
+        if self.map is not None:
+            struct.pack_into(BUSY_FORMAT, self.map, 0, time.monotonic_ns(), request)
+
+    def idle(self) -> None:
+        if self.map is not None:
+            struct.pack_into("=q", self.map, 0, 0)
 
 
 class Memory:
@@ -331,6 +369,7 @@ class Worker:
         self.raise_on_stop = True  # outside a request, a stop ends what runs at once
         self.requests = 0
         self.reporter = Reporter(os.environ.pop("GSUPER_STATUS_FD", ""))
+        self.busy = BusyPage(os.environ.pop("GSUPER_BUSY_FD", ""))
         self.memory = Memory()
 
     # Signals ----------------------------------------------------------------------------
@@ -360,6 +399,7 @@ class Worker:
     # Exit ---------------------------------------------------------------------------------
     def finish(self, reason: str, code: int, message: str | None = None) -> int:
         self.raise_on_stop = False  # a late stop signal must not cut the last reports
+        self.busy.idle()  # no request runs any more: the last reports may wait for the pipe
         self.reporter.flush(self.memory)
         event = {"event": "exit", "reason": reason, "requests": self.requests}
         if message:
@@ -393,7 +433,7 @@ class Worker:
         except Stop:
             return self.finish("stopped", 0)
 
-    def setup(self) -> tuple[Callable[[], object], str, tuple[int, int, float, bool]]:
+    def setup(self) -> tuple[Callable[[], object], str, tuple[int, int, float, bool, int]]:
         mode = os.environ.get("GSUPER_MODE", "").strip() or "loop"
         if mode not in ("loop", "daemon"):
             raise BootstrapError(f"GSUPER_MODE={mode!r} is neither loop nor daemon")
@@ -405,6 +445,7 @@ class Worker:
             env_int("GSUPER_MEMORY_LIMIT"),
             env_int("GSUPER_USLEEP") / 1e6,
             on_error == "exit",
+            env_int("GSUPER_DEADLINE_NS"),
         )
         script = os.environ.get("GSUPER_SCRIPT", "").strip()
         handler = os.environ.get("GSUPER_HANDLER", "").strip()
@@ -456,39 +497,57 @@ class Worker:
         self.reporter.send({"event": "request", "requests": 1, "memory": self.memory.rss(), "ms": ms})
         return self.finish(reason, code)
 
-    def run_loop(self, run: Callable[[], object], max_request: int, memory_limit: int, usleep: float, exit_on_error: bool) -> int:
-        reporter, memory = self.reporter, self.memory
-        perf_counter = time.perf_counter
+    def run_loop(
+        self, run: Callable[[], object], max_request: int, memory_limit: int, usleep: float, exit_on_error: bool, deadline_ns: int
+    ) -> int:
+        reporter, memory, busy = self.reporter, self.memory, self.busy
+        perf_counter, monotonic_ns = time.perf_counter, time.monotonic_ns
+        guarded = busy.map is not None
         self.raise_on_stop = False  # from now on a stop only sets the flag: no request is cut off
+        up_to_max = max_request or sys.maxsize
+        n = 0
+        size = 1  # requests per batch: 1 unless requests are much shorter than CHECK_EVERY
         while True:
             if self.stop_signal:
                 return self.finish("stopped", 0)
+            before = i = n
+            failure: BaseException | None = None
             started = perf_counter()
+            if guarded:
+                busy.begin(n + 1)
             try:
-                run()
+                for i in range(n + 1, min(n + size, up_to_max) + 1):  # noqa: B007 - i is the count
+                    run()
             except SystemExit as exc:  # the business code chose to end the process
-                self.requests += 1
-                code = exit_code(exc)
-                return self.finish("done", code)
+                self.requests = i
+                return self.finish("done", exit_code(exc))
             except BaseException as exc:  # noqa: BLE001 - a failed request is logged, not fatal
-                self.requests += 1
-                log(f"request {self.requests} failed:")
-                sys.stderr.write(user_trace(exc))
+                failure = exc  # request i failed; it counts, and ends the batch
+            now = perf_counter()
+            n = self.requests = i
+            if failure is not None:
+                log(f"request {n} failed:")
+                sys.stderr.write(user_trace(failure))
                 sys.stderr.flush()
-                reporter.send({"event": "error", "requests": self.requests, "message": describe(exc)})
+                reporter.send({"event": "error", "requests": n, "message": describe(failure)})
+                failure = None
                 if exit_on_error:
                     return self.finish("error", EX_SOFTWARE)
-            else:
-                self.requests += 1
-            now = perf_counter()
-            reporter.request(self.requests, (now - started) * 1000, memory, now)
+            per_request = (now - started) / (n - before)
+            if not usleep:
+                size = max(1, min(int(CHECK_EVERY / per_request) if per_request > 0 else MAX_BATCH, 2 * size, MAX_BATCH))
+            reporter.request(n, per_request * 1000, memory, now)
             if self.stop_signal:
                 return self.finish("stopped", 0)
-            if max_request and self.requests >= max_request:
+            if n >= up_to_max:
                 return self.finish("max_request", 0)
             if memory_limit and memory.rss() > memory_limit:
                 return self.finish("memory_limit", 0)
+            if deadline_ns and monotonic_ns() >= deadline_ns:
+                return self.finish("max_lifetime", 0)
             if usleep:
+                if guarded:
+                    busy.idle()
                 self.sleep(usleep)
 
 

@@ -90,9 +90,17 @@ final class Consumer
             ->exec();
     }
 
-    /** The "work": a payload "sleep:MS" takes MS milliseconds; any other takes JOB_MS. */
+    /**
+     * The "work": a payload "sleep:MS" takes MS milliseconds; "hang-once:ID" hangs (an hour) on
+     * its first attempt, as a job stuck on a dead socket would, and takes JOB_MS on the next
+     * (gsuper's request_timeout ends the hung worker; the job is recovered and done again);
+     * any other takes JOB_MS.
+     */
     private function process(string $job): void
     {
+        if (str_starts_with($job, 'hang-once:') && $this->redis->setnx($this->queue . ':attempted:' . $job, '1')) {
+            sleep(3600);
+        }
         $ms = str_starts_with($job, 'sleep:') ? (int) substr($job, 6) : $this->jobMs;
         if ($ms > 0) {
             usleep($ms * 1000);
