@@ -28,11 +28,13 @@ from gsuper.commands import Commands, Refused
 from gsuper.control import ControlServer
 from gsuper.daemon import PidFile, describe
 from gsuper.events import Event, EventStream
+from gsuper.hooks import HookRunner
 from gsuper.logs import LogFile, LogFiles, setup_master_logging
 from gsuper.monitor import MemoryCheck, Monitor, sample_rss
 from gsuper.program import Program, RollingError
 from gsuper.reload import Kind, plan_reload
 from gsuper.spawn import SETPRIV
+from gsuper.web.server import MasterSource, WebServer
 
 log = logging.getLogger("gsuper")
 
@@ -74,6 +76,8 @@ class Master:
         self._sampled_at = float("-inf")  # when status last sampled every live worker's RSS
         self._created = psutil.Process().create_time()
         self.events.subscribe(self._on_event)
+        self.web: WebServer | None = None
+        self.hooks: HookRunner | None = None
 
     # -- life ---------------------------------------------------------------------------------
 
@@ -91,7 +95,13 @@ class Master:
             osutil.become_subreaper()
             if stale:
                 record.end_leftovers(self.config.workersfile, gevent.sleep, _announce_leftovers)
+            # gevent installs libev's SIGCHLD handler at the first child watcher, which is made
+            # just after the first spawn: a worker that dies at once (a `false`) would be missed
+            # and never reaped. Installed before any spawn, no exit is lost.
+            gevent.get_hub().loop.install_sigchld()
             self.control.start()
+            self.hooks = HookRunner(self.config.hooks, self.events)
+            self._serve_http()
             for sig in HANDLED_SIGNALS:
                 gevent.signal_handler(sig, self._signals.put_nowait, sig)
             gevent.spawn(self._signal_loop)
@@ -123,6 +133,10 @@ class Master:
                 program.kill()
             return 1
         finally:
+            if self.web is not None:
+                self.web.close()
+            if self.hooks is not None:
+                self.hooks.close()
             self.control.close()
             _remove(self.config.workersfile)
             self.pidfile.release()
@@ -133,6 +147,19 @@ class Master:
         if not pcfg.autostart:  # shown as STOPPED until `start -p NAME`
             program.add_slots()
         return program
+
+    def _serve_http(self) -> None:
+        """Serve [gsuper] http, if set; a port that cannot be bound fails the start."""
+        if self.config.http is None:
+            return
+        host, port = self.config.http
+        web = WebServer(host, port, self.config.http_token, MasterSource(self))
+        try:
+            web.start()
+        except OSError as exc:
+            web.close()
+            raise OSError(exc.errno, f"cannot serve HTTP on {host}:{port}: {exc.strerror}") from None
+        self.web = web
 
     def _by_priority(self, names: Iterable[str], descending: bool = False) -> list[list[Program]]:
         levels: dict[int, list[Program]] = defaultdict(list)
@@ -297,6 +324,7 @@ class Master:
         changes: list[str] = list(plan.notes)
         errors: list[str] = []
         logging.getLogger("gsuper").setLevel(new.loglevel.upper())
+        old_http = (self.config.http, self.config.http_token)
         self.config = new
         removed = [c.name for c in plan.of_kind(Kind.REMOVE)]
         self.stop_programs(removed)
@@ -334,6 +362,10 @@ class Master:
             pcfg = new.programs[name]
             started = f"{pcfg.numprocs} workers started" if pcfg.autostart else "not started (autostart = false)"
             changes.append(f"added {name}: {started}")
+        if self.hooks is not None:
+            self.hooks.reconfigure(new.hooks)
+        if (new.http, new.http_token) != old_http:
+            changes.append("http and http_token changes take effect at the next start")
         for line in changes:
             log.info("reload: %s", line)
         self.logfiles.keep_only(self._log_paths())
