@@ -1,0 +1,175 @@
+"""[hook:NAME] event hooks: through the real command line for fatal, backoff, memory_limit and
+max_request events (JSON on stdin, environment, folder, program filter), a hanging hook killed
+after its timeout while respawns go on; in-process for the bounded queue under a flood."""
+
+import json
+import logging
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import alive, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+RECORD = "cat >> events.jsonl; echo \"$GSUPER_EVENT $GSUPER_PROGRAM $GSUPER_WORKER $(pwd)\" >> env.txt"
+
+
+def events(gs, name="events.jsonl"):
+    path = gs.root / name
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_backoff_and_fatal_hooks(gs):
+    gs.write(f"""
+    [program:broken]
+    command = false
+    startsecs = 1
+    startretries = 2
+    [program:fine]
+    command = sleep 1000
+    startsecs = 0.2
+    [hook:alerts]
+    events = backoff, fatal
+    command = {RECORD}
+    programs = broken
+    """)
+    gs.start()
+    gs.wait_workers("broken", "FATAL")
+    got = wait_for(lambda: (e := events(gs)) and e[-1]["event"] == "fatal" and e, 10, "the fatal hook")
+    assert [e["event"] for e in got] == ["backoff", "backoff", "backoff", "fatal"]
+    for e in got:
+        assert set(e) >= {"event", "program", "worker", "pid", "time", "reason", "code"}
+        assert e["program"] == "broken" and e["worker"] == 0 and abs(e["time"] - time.time()) < 30
+    env = (gs.root / "env.txt").read_text().splitlines()
+    assert env[-1] == f"fatal broken 0 {gs.root}"  # the environment, and the config file's folder
+    assert all("fine" not in line for line in env)  # programs = broken
+    gs.run("-s", "stop", check=True)
+
+
+def test_max_request_and_memory_limit_hooks(gs):
+    gs.file("job.py", "import time\ntime.sleep(0.001)\n")
+    # Each request keeps 8 MiB more alive (on the sys module, which outlives the script's run).
+    gs.file("hog.py", "import sys\nsys.hog = getattr(sys, 'hog', []) + [bytearray(8 << 20)]\n")
+    gs.write(f"""
+    [program:recycler]
+    runner = python
+    script = job.py
+    max_request = 20
+    [program:hog]
+    runner = python
+    script = hog.py
+    memory_limit = 40M
+    usleep = 20000
+    [hook:recycles]
+    events = max_request, memory_limit
+    command = {RECORD}
+    """)
+    gs.start()
+
+    def both():
+        kinds = {e["event"] for e in events(gs)}
+        return {"max_request", "memory_limit"} <= kinds
+
+    wait_for(both, 30, "max_request and memory_limit hooks", 0.1)
+    by_kind = {}
+    for e in events(gs):
+        by_kind.setdefault(e["event"], e)
+    assert by_kind["max_request"]["program"] == "recycler" and by_kind["max_request"]["reason"] == "max_request"
+    assert by_kind["max_request"]["code"] == 0 and isinstance(by_kind["max_request"]["pid"], int)
+    assert by_kind["memory_limit"]["program"] == "hog" and by_kind["memory_limit"]["reason"] == "memory_limit"
+    gs.run("-s", "stop", check=True)
+
+
+def test_a_hanging_hook_is_killed_and_never_delays_a_respawn(gs):
+    gs.write("""
+    [program:a]
+    command = sleep 1000
+    startsecs = 0.2
+    [hook:stuck]
+    events = started, crashed
+    command = echo "hook ran for $GSUPER_EVENT"; touch "hung.$$"; exec sleep 1000
+    timeout = 1.5
+    """)
+    gs.start()
+    gs.wait_workers("a")
+    wait_for(lambda: list(gs.root.glob("hung.*")), 10, "the hook to run")
+    # While the hook hangs, kills are respawned at once.
+    for _ in range(3):
+        pid = gs.workers("a")[0]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        wait_for(lambda: gs.workers("a")[0]["pid"] not in (None, pid), 5, "a respawn", 0.01)
+        assert time.monotonic() - t0 < 2
+    wait_for(lambda: "hook stuck: still running after 1.5s on a started event: SIGKILL" in gs.log(), 10, "the kill")
+    assert "hook stuck: hook ran for started" in gs.log()
+    # The queued events run one at a time: the next run starts once the first was killed.
+    wait_for(lambda: len(list(gs.root.glob("hung.*"))) >= 2, 10, "the next queued event")
+    runs = sorted(gs.root.glob("hung.*"), key=lambda p: p.stat().st_mtime_ns)
+    assert not alive(int(runs[0].suffix[1:]))
+    gs.run("-s", "stop", check=True)
+
+
+# -- in process: the bounded queue --------------------------------------------------------------
+
+
+def test_a_flood_of_events_is_bounded_and_the_drops_are_logged(tmp_path, caplog):
+    import gevent
+
+    from gsuper import hooks
+    from gsuper.config import HookConfig
+    from gsuper.events import Event, EventStream
+
+    stream = EventStream()
+    cfg = HookConfig("slow", ("crashed",), "sleep 1000", None, 30.0, str(tmp_path))
+    runner = hooks.HookRunner({"slow": cfg}, stream)
+    hook = runner.hooks["slow"]
+    try:
+        with caplog.at_level(logging.WARNING, logger="gsuper"):
+            stream.emit(Event("exit", "p", 0, pid=1, reason="crashed", code=1))
+            wait_for_green(lambda: hook.child is not None)
+            t0 = time.monotonic()
+            for i in range(1500):
+                stream.emit(Event("exit", "p", 0, pid=i, reason="killed", code=-9))
+                stream.emit(Event("exit", "p", 0, pid=i, reason="stopped", code=0))  # not asked for
+            emit_s = time.monotonic() - t0
+        assert len(hook.queue) == hooks.MAX_QUEUE == 1000
+        assert hook.dropped == 500
+        assert hook.queue[0]["pid"] == 500 and hook.queue[-1]["pid"] == 1499  # the oldest were dropped
+        assert any("dropped the 1 oldest (1 in all)" in r.getMessage() for r in caplog.records)
+        assert emit_s < 1.0, emit_s  # emitting never waits on the hook
+        assert hook.runs == 1
+    finally:
+        runner.close(0)
+    assert hook.child is None
+    gevent.sleep(0)
+
+
+def wait_for_green(condition, timeout=10.0):
+    import gevent
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("timed out")
+        gevent.sleep(0.01)
+
+
+def test_hook_event_names():
+    from gsuper.events import Event
+    from gsuper.hooks import hook_event, payload
+
+    assert hook_event(Event("started", "p", 0, pid=5)) == "started"
+    assert hook_event(Event("state", "p", 0, state="FATAL")) == "fatal"
+    assert hook_event(Event("state", "p", 0, state="BACKOFF")) == "backoff"
+    assert hook_event(Event("state", "p", 0, state="RUNNING")) == "running"
+    assert hook_event(Event("state", "p", 0, state="STOPPING")) is None
+    assert hook_event(Event("exit", "p", 0, reason="killed", code=-9)) == "crashed"
+    assert hook_event(Event("exit", "p", 0, reason="memory_limit", code=0)) == "memory_limit"
+    assert hook_event(Event("exit", "p", 0, reason="stopped", code=0)) == "stopped"
+    assert hook_event(Event("request", "p", 0, data={"done": 3})) is None
+    assert hook_event(Event("scaled", "p", data={"before": 1, "after": 2})) == "scaled"
+    doc = payload("crashed", Event("exit", "p", 1, pid=7, reason="killed", code=-9, time=12.5))
+    assert doc == {"event": "crashed", "program": "p", "worker": 1, "pid": 7, "time": 12.5, "reason": "killed", "code": -9}
