@@ -6,7 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gsuper import config
 from gsuper.events import Event, EventStream
-from gsuper.web.metrics import BUCKETS_S, Counters, GsuperCollector, make_registry, render
+from gsuper.web.metrics import BUCKETS_S, Counters, GsuperCollector, MemoryCollector, make_registry, render
 from gsuper.web.server import readiness
 
 
@@ -23,7 +23,9 @@ def parsed(text):
 
 
 def scrape(doc, desired, counters):
-    return parsed(render(make_registry(GsuperCollector(lambda: doc, lambda: desired, counters))).decode())
+    text = render(make_registry(GsuperCollector(lambda: doc, lambda: desired, counters)))
+    text += render(make_registry(MemoryCollector(lambda: doc)))
+    return parsed(text.decode())
 
 
 def test_counters_follow_the_stream_and_the_histogram_adds_done_requests_at_their_mean():

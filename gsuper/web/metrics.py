@@ -120,14 +120,6 @@ class GsuperCollector:
             exits.add_metric([name, reason], n)
         yield exits
 
-        rss = GaugeMetricFamily(
-            "gsuper_worker_resident_memory_bytes", "Resident memory of the worker's process tree.", labels=["program", "worker"]
-        )
-        for w in rows:
-            if w.get("rss_bytes") is not None:
-                rss.add_metric([w["program"], str(w["index"])], w["rss_bytes"])
-        yield rss
-
         requests = CounterMetricFamily("gsuper_requests", "Requests the runners reported done.", labels=["program"])
         for name in sorted(set(names) | set(c.requests)):
             requests.add_metric([name], c.requests.get(name, 0))
@@ -167,7 +159,34 @@ class GsuperCollector:
             yield scaled
 
 
-def make_registry(collector: GsuperCollector) -> CollectorRegistry:
+class MemoryCollector:
+    """gsuper_worker_resident_memory_bytes: one sample per worker, the bulk of a scrape at 1,000
+    workers, so it has its own registry and its rendering is reused while no sample changed."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.snapshot = snapshot
+
+    def describe(self) -> list[Metric]:
+        """Nothing: the registry must not call collect() at registration."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """The per-worker memory gauge."""
+        rss = GaugeMetricFamily(
+            "gsuper_worker_resident_memory_bytes", "Resident memory of the worker's process tree.", labels=["program", "worker"]
+        )
+        for w in self.snapshot().get("workers", []):
+            if w.get("rss_bytes") is not None:
+                rss.add_metric([w["program"], str(w["index"])], w["rss_bytes"])
+        yield rss
+
+
+def memory_key(doc: dict[str, Any]) -> tuple[tuple[str, int, int | None], ...]:
+    """What the memory gauge's rendering depends on (cheap to compare, costly to render)."""
+    return tuple((w["program"], w["index"], w.get("rss_bytes")) for w in doc.get("workers", []))
+
+
+def make_registry(collector: GsuperCollector | MemoryCollector) -> CollectorRegistry:
     """A private registry holding only gsuper's collector (never the process-global one)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)  # type: ignore[arg-type]
