@@ -3,8 +3,9 @@
 same master not scraped, in the same run; and the response time of /metrics at 1,000 workers.
 
 One master runs `numprocs` (1,000) `sleep` workers with `[gsuper] http` on. The script then
-alternates windows of `--window` seconds (15): idle (no request at all) and scraped (one GET
-/metrics per second, as Prometheus would), `--rounds` (2) of each, and reads the master's
+alternates windows of `--window` seconds (12): idle (no request at all), scraped (one GET
+/metrics per second, as Prometheus would) and probed (one GET /healthz per second: the HTTP
+server's own share), `--rounds` (2) of each, and reads the master's
 utime+stime from /proc/PID/stat around each window. The difference of the two medians is the
 cost of scraping, in % of one core (target: at most +1 %). Every scrape's response time and
 size are recorded; after the windows, `--burst` (50) back-to-back scrapes and /status.json
@@ -82,7 +83,7 @@ def window(master: int, seconds: float, url: str | None) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=1000)
-    ap.add_argument("--window", type=float, default=15.0)
+    ap.add_argument("--window", type=float, default=12.0)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--burst", type=int, default=50)
     args = ap.parse_args()
@@ -114,11 +115,16 @@ def main() -> int:
             raise RuntimeError("the workers did not all reach RUNNING")
         print(f"master {master}: {len(children(master))} workers running; windows of {args.window:g} s", flush=True)
         time.sleep(2.0)  # let the start settle before the first window
-        idle, scraped = [], []
+        idle, scraped, probed = [], [], []
         for r in range(args.rounds):
             idle.append(window(master, args.window, None))
             scraped.append(window(master, args.window, base + "/metrics"))
-            print(f"round {r + 1}: idle {idle[-1]['cpu_pct']:.2f} %, scraped {scraped[-1]['cpu_pct']:.2f} %", flush=True)
+            probed.append(window(master, args.window, base + "/healthz"))
+            print(
+                f"round {r + 1}: idle {idle[-1]['cpu_pct']:.2f} %, /metrics {scraped[-1]['cpu_pct']:.2f} %, "
+                f"/healthz {probed[-1]['cpu_pct']:.2f} %",
+                flush=True,
+            )
         burst_metrics = [fetch(base + "/metrics") for _ in range(args.burst)]
         burst_status = [fetch(base + "/status.json") for _ in range(args.burst)]
     finally:
@@ -127,6 +133,7 @@ def main() -> int:
 
     idle_pct = median([w["cpu_pct"] for w in idle]) or 0.0
     scraped_pct = median([w["cpu_pct"] for w in scraped]) or 0.0
+    probed_pct = median([w["cpu_pct"] for w in probed]) or 0.0
     added = scraped_pct - idle_pct
     window_times = [t for w in scraped for t in w["times_s"]]
     mt = [t for t, _ in burst_metrics]
@@ -135,6 +142,7 @@ def main() -> int:
         ["master CPU, not scraped (baseline)", f"{idle_pct:.2f} % of a core", "", ""],
         ["master CPU, /metrics every 1 s", f"{scraped_pct:.2f} % of a core", "", ""],
         ["added by scraping", f"{added:+.2f} % of a core", "<= +1 %", "yes" if added <= 1.0 else "NO"],
+        ["(extra) /healthz every 1 s: the HTTP part alone", f"{probed_pct - idle_pct:+.2f} % of a core", "", ""],
         ["/metrics during the windows p50 / max", f"{fmt(median(window_times), 'ms')} / {fmt(max(window_times), 'ms')}", "", ""],
         ["/metrics back to back p50 / p99", f"{fmt(median(mt), 'ms')} / {fmt(pct(mt, 99), 'ms')}", "", ""],
         ["/metrics size", f"{burst_metrics[0][1]:,} bytes", "", ""],
@@ -142,7 +150,7 @@ def main() -> int:
     ]
     print(f"\n{args.workers} workers, {args.rounds} rounds of {args.window:g} s idle + {args.window:g} s scraped")
     results["table"] = print_table(["row", "value", "target", "met"], rows)
-    results.update(idle=idle, scraped=scraped, burst_metrics=burst_metrics, burst_status=burst_status, added_pct=added)
+    results.update(idle=idle, scraped=scraped, probed=probed, burst_metrics=burst_metrics, burst_status=burst_status, added_pct=added)
     write_results("http_scrape", results)
     return 0
 
