@@ -173,3 +173,65 @@ def test_hook_event_names():
     assert hook_event(Event("scaled", "p", data={"before": 1, "after": 2})) == "scaled"
     doc = payload("crashed", Event("exit", "p", 1, pid=7, reason="killed", code=-9, time=12.5))
     assert doc == {"event": "crashed", "program": "p", "worker": 1, "pid": 7, "time": 12.5, "reason": "killed", "code": -9}
+
+
+# -- the shipped examples ------------------------------------------------------------------------
+
+
+def test_the_example_hooks_post_to_a_webhook_and_write_to_syslog(gs, monkeypatch):
+    import http.server
+    import shutil
+    import socket
+    import tempfile
+    import threading
+
+    from conftest import ROOT
+
+    if not shutil.which("curl") or not shutil.which("logger"):
+        pytest.skip("curl and logger are needed (scripts/setup.sh installs them)")
+    posts = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the stdlib's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append((self.headers["X-Gsuper-Event"], json.loads(body)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    folder = tempfile.mkdtemp(prefix="gs-", dir="/tmp")  # a socket path must stay short
+    syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    syslog.bind(f"{folder}/log")
+    syslog.settimeout(15)
+    try:
+        for name in ("webhook.sh", "syslog.sh"):
+            shutil.copy(ROOT / "examples" / "hooks" / name, gs.root / name)
+        monkeypatch.setenv("GSUPER_WEBHOOK_URL", f"http://127.0.0.1:{server.server_port}/hook")
+        monkeypatch.setenv("GSUPER_SYSLOG_SOCKET", f"{folder}/log")
+        gs.write("""
+        [program:flaky]
+        command = false
+        startretries = 1
+        [hook:syslog]
+        events = fatal
+        command = ./syslog.sh
+        [hook:alert]
+        events = fatal
+        command = ./webhook.sh
+        """)
+        gs.start()
+        line = syslog.recv(65536).decode()
+        assert "gsuper" in line and "fatal flaky#0 {" in line, line
+        assert line.startswith("<11>")  # user.err
+        wait_for(lambda: posts, 15, "the webhook POST")
+        header, body = posts[0]
+        assert header == "fatal" and body["event"] == "fatal" and body["program"] == "flaky" and body["worker"] == 0
+        gs.run("-s", "stop", check=True)
+    finally:
+        server.shutdown()
+        syslog.close()
+        shutil.rmtree(folder, ignore_errors=True)
