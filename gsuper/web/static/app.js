@@ -3,7 +3,9 @@
 "use strict";
 
 const POLL_MS = 2000;
-const HISTORY_S = 300; // the charts show the last five minutes
+const HISTORY_S = 300; // the charts show at most the last five minutes
+const MIN_SPAN_S = 60; // and at least one, so a fresh page fills its charts at once
+let firstPoint = null;
 const EVENTS_SHOWN = 40;
 const SVG = "http://www.w3.org/2000/svg";
 
@@ -72,7 +74,8 @@ function chart(title, points, key, format, kind, now) {
     const y = top + (h - top - bottom) * f;
     svg.append(svgEl("line", { x1: 0, x2: w, y1: y, y2: y, class: "grid" }));
   }
-  const xs = p => w * (1 - (now - p.t) / HISTORY_S);
+  const span = chartSpan(now);
+  const xs = p => w * (1 - (now - p.t) / span);
   const ys = v => top + (h - top - bottom) * (1 - v / max);
   const pts = points.filter(p => p[key] !== null && p[key] !== undefined);
   if (pts.length > 1) {
@@ -82,10 +85,15 @@ function chart(title, points, key, format, kind, now) {
   }
   box.append(svg);
   const foot = el("div", "chart-foot");
-  foot.append(el("span", "", "−5 min"), el("span", "", values.length ? "peak " + format(Math.max(...values)) : "no data yet"),
+  foot.append(el("span", "", "−" + duration(span).replace(/ 0s$/, "")), el("span", "", values.length ? "peak " + format(Math.max(...values)) : "no data yet"),
     el("span", "", "now"));
   box.append(foot);
   return box;
+}
+
+function chartSpan(now) {
+  const seen = firstPoint === null ? 0 : now - firstPoint;
+  return Math.min(HISTORY_S, Math.max(MIN_SPAN_S, Math.ceil(seen / 60) * 60));
 }
 
 function exitText(ex) {
@@ -93,7 +101,7 @@ function exitText(ex) {
   return ex.code === null || ex.code === undefined ? ex.reason : `${ex.reason} (${ex.code})`;
 }
 
-function renderProgram(name, rows, now) {
+function renderProgram(name, rows, now, totals) {
   const card = el("article", "program");
   card.dataset.program = name;
   const head = el("div", "program-head");
@@ -106,7 +114,7 @@ function renderProgram(name, rows, now) {
   const figures = el("div", "figures");
   const fig = (v, k) => { const d = el("div"); d.append(el("b", "", v), el("span", "", " " + k)); return d; };
   figures.append(fig(rate(cur.rps), "req/s"), fig(bytes(cur.rss), "memory"),
-    fig(count(rows.reduce((a, r) => a + (r.requests || 0), 0)), "requests"));
+    fig(count((totals[name] || { requests: 0 }).requests), "requests"));
   head.append(figures);
   card.append(head);
   const charts = el("div", "charts");
@@ -194,7 +202,7 @@ function update(status, feed) {
     const key = r.program + "#" + r.index, prev = lastWorker.get(key);
     if (prev && prev.pid === r.pid && r.requests >= prev.requests && now > prev.t) {
       workerRate.set(key, (r.requests - prev.requests) / (now - prev.t));
-    } else if (!r.pid) workerRate.delete(key);
+    } else workerRate.delete(key); // a new life (or none): no rate until its second poll
     lastWorker.set(key, { pid: r.pid, requests: r.requests, t: now });
   }
   // Per program requests/s, from the master's request counters (they survive recycles).
@@ -211,6 +219,7 @@ function update(status, feed) {
     history.set(name, pts);
   }
   lastTotals.t = now;
+  if (firstPoint === null) firstPoint = now;
 
   const m = status.master;
   document.getElementById("config").textContent = `${m.config} · master ${m.pid} · v${m.version} · up ${duration(m.uptime_s)}`;
@@ -227,7 +236,7 @@ function update(status, feed) {
     stat(anyRps ? rate(rpsAll) : "–", "req/s"), stat(bytes(rssAll), "memory"), stat(String(fatal), "fatal"));
 
   const section = document.getElementById("programs");
-  const cards = [...programs.entries()].map(([name, list]) => renderProgram(name, list, now));
+  const cards = [...programs.entries()].map(([name, list]) => renderProgram(name, list, now, feed.totals));
   if (!cards.length) cards.push(el("div", "program empty", "No programs."));
   section.replaceChildren(...cards);
   renderEvents(feed.events);
