@@ -3,12 +3,12 @@
 same master not scraped, in the same run; and the response time of /metrics at 1,000 workers.
 
 One master runs `numprocs` (1,000) `sleep` workers with `[gsuper] http` on. The script then
-alternates windows of `--window` seconds (12): idle (no request at all), scraped (one GET
+alternates windows of `--window` seconds (10): idle (no request at all), scraped (one GET
 /metrics per second, as Prometheus would) and probed (one GET /healthz per second: the HTTP
 server's own share), `--rounds` (2) of each, and reads the master's
 utime+stime from /proc/PID/stat around each window. The difference of the two medians is the
 cost of scraping, in % of one core (target: at most +1 %). Every scrape's response time and
-size are recorded; after the windows, `--burst` (50) back-to-back scrapes and /status.json
+size are recorded; after the windows, `--burst` (30) back-to-back scrapes and /status.json
 requests give the response time percentiles with nothing else going on.
 
 A scrape samples the workers' memory (one pass over /proc) at most every 5 s
@@ -83,9 +83,9 @@ def window(master: int, seconds: float, url: str | None) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=1000)
-    ap.add_argument("--window", type=float, default=12.0)
+    ap.add_argument("--window", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--burst", type=int, default=50)
+    ap.add_argument("--burst", type=int, default=30)
     args = ap.parse_args()
     sweeper = Sweeper()
     tmp = Path(tempfile.mkdtemp(prefix="gsuper-bench-http-"))
