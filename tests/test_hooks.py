@@ -235,3 +235,34 @@ def test_the_example_hooks_post_to_a_webhook_and_write_to_syslog(gs, monkeypatch
         server.shutdown()
         syslog.close()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_reload_adds_a_hook_and_fires_reloaded(gs):
+    gs.write("""
+    [program:a]
+    command = sleep 1000
+    startsecs = 0.2
+    """)
+    gs.start()
+    gs.wait_workers("a")
+    gs.write(f"""
+    [program:a]
+    command = sleep 1000
+    startsecs = 0.2
+    [hook:audit]
+    events = reloaded, scaled
+    command = {RECORD}
+    """)
+    gs.run("-s", "reload", check=True)
+    gs.run("-s", "scale", "a=2", check=True)
+    got = wait_for(lambda: len(e := events(gs)) >= 2 and e, 10, "the reloaded and scaled hooks")
+    # A hook added by a reload hears that reload's own event.
+    assert [e["event"] for e in got] == ["reloaded", "scaled"]
+    assert got[0]["program"] is None and "unchanged a" in got[0]["changes"]
+    assert got[1]["program"] == "a" and got[1]["before"] == 1 and got[1]["after"] == 2
+    gs.run("-s", "reload", check=True)  # the file still says numprocs 1: scaled back, then reloaded
+    want = ["reloaded", "scaled", "scaled", "reloaded"]
+    wait_for(lambda: [e["event"] for e in events(gs)] == want, 10, "scaled and reloaded")
+    last = events(gs)
+    assert last[2]["direction"] == "down" and any("scaled a" in c for c in last[3]["changes"])
+    gs.run("-s", "stop", check=True)
