@@ -96,10 +96,6 @@ class Master:
             osutil.become_subreaper()
             if stale:
                 record.end_leftovers(self.config.workersfile, gevent.sleep, _announce_leftovers)
-            # gevent installs libev's SIGCHLD handler at the first child watcher, which is made
-            # just after the first spawn: a worker that dies at once (a `false`) would be missed
-            # and never reaped. Installed before any spawn, no exit is lost.
-            gevent.get_hub().loop.install_sigchld()
             self.control.start()
             self.hooks = HookRunner(self.config.hooks, self.events)
             self._serve_http()
