@@ -147,6 +147,8 @@ class Hook:
                 previous = os.getcwd()
             except OSError:
                 previous = "/"
+            # As for workers (gsuper.spawn): the handler must exist before the child can exit.
+            gevent.get_hub().loop.install_sigchld()
             os.chdir(cfg.directory)
             try:
                 pid = os.posix_spawnp(
