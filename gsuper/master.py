@@ -79,6 +79,7 @@ class Master:
         self.events.subscribe(self._on_event)
         self.web: WebServer | None = None
         self.hooks: HookRunner | None = None
+        self._served_http = (cfg.http, cfg.http_token)  # what this master serves, reloads or not
 
     # -- life ---------------------------------------------------------------------------------
 
@@ -324,7 +325,6 @@ class Master:
         changes: list[str] = list(plan.notes)
         errors: list[str] = []
         logging.getLogger("gsuper").setLevel(new.loglevel.upper())
-        old_http = (self.config.http, self.config.http_token)
         self.config = new
         removed = [c.name for c in plan.of_kind(Kind.REMOVE)]
         self.stop_programs(removed)
@@ -364,7 +364,7 @@ class Master:
             changes.append(f"added {name}: {started}")
         if self.hooks is not None:
             self.hooks.reconfigure(new.hooks)
-        if (new.http, new.http_token) != old_http:
+        if (new.http, new.http_token) != self._served_http:
             changes.append("http and http_token changes take effect at the next start")
         for line in changes:
             log.info("reload: %s", line)

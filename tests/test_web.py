@@ -338,3 +338,24 @@ def test_an_installed_copy_serves_the_dashboard_files(gs, tmp_path):
         assert b"<!-- installed copy -->" in get(port, "/")[2]
     finally:
         gs.run("-s", "stop", check=True)
+
+
+def test_a_reload_says_http_changes_wait_for_the_next_start(gs):
+    port = free_port()
+    text = """
+    [gsuper]
+    http = 127.0.0.1:{port}
+    [program:a]
+    command = sleep 1000
+    startsecs = 0.2
+    """
+    gs.write(text.format(port=port))
+    gs.start()
+    other = free_port()
+    gs.write(text.format(port=other))
+    out = gs.run("-s", "reload", check=True).stdout
+    assert "http and http_token changes take effect at the next start" in out
+    assert get(port, "/healthz")[0] == 200  # still served where it was
+    gs.write(text.format(port=port))
+    assert "http and http_token" not in gs.run("-s", "reload", check=True).stdout
+    gs.run("-s", "stop", check=True)
