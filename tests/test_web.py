@@ -359,3 +359,31 @@ def test_a_reload_says_http_changes_wait_for_the_next_start(gs):
     gs.write(text.format(port=port))
     assert "http and http_token" not in gs.run("-s", "reload", check=True).stdout
     gs.run("-s", "stop", check=True)
+
+
+def test_backlog_and_scale_events_in_metrics(gs, redis_server):
+    port = free_port()
+    gs.write(f"""
+    [gsuper]
+    http = 127.0.0.1:{port}
+    [program:consumer]
+    command = sleep 1000
+    startsecs = 0.2
+    numprocs = 1
+    numprocs_max = 3
+    scale_source = redis://127.0.0.1:{redis_server.port}/0/jobs
+    scale_interval = 0.2
+    scale_cooldown = 0.2
+    scale_step = 2
+    """)
+    redis_server.rpush("jobs", *range(25))
+    gs.start()
+
+    def scaled_up():
+        m = metrics(port)
+        return value(m, "gsuper_scale_events_total", program="consumer", direction="up") and m
+
+    m = wait_for(scaled_up, 15, "a scale-up in /metrics", 0.1)
+    assert value(m, "gsuper_queue_backlog", program="consumer") == 25
+    wait_for(lambda: value(metrics(port), "gsuper_workers_desired", program="consumer") == 3, 10, "desired 3")
+    gs.run("-s", "stop", check=True)

@@ -62,9 +62,12 @@ def test_counters_follow_the_stream_and_the_histogram_adds_done_requests_at_thei
 
 
 def test_backlog_comes_from_the_programs_list_when_the_document_has_one():
-    doc = {"workers": [], "programs": [{"program": "q", "backlog": 42, "desired": 3}]}
-    m = scrape(doc, {"q": 3}, Counters())
+    doc = {"workers": [], "programs": [{"name": "q", "backlog": 42, "desired": 5}, {"name": "r", "backlog": None}]}
+    m = scrape(doc, {"q": 3, "r": 1}, Counters())
     assert m[("gsuper_queue_backlog", (("program", "q"),))] == 42
+    assert ("gsuper_queue_backlog", (("program", "r"),)) not in m  # no reading: no sample
+    assert m[("gsuper_workers_desired", (("program", "q"),))] == 5  # the autoscaler's count wins
+    assert m[("gsuper_workers_desired", (("program", "r"),))] == 1
 
 
 def test_every_state_is_exported_for_every_program():

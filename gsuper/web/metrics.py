@@ -91,7 +91,12 @@ class GsuperCollector:
     def collect(self) -> Iterator[Metric]:
         """Every gsuper_* metric, from one status document."""
         doc = self.snapshot()
-        desired = self.desired()
+        desired = dict(self.desired())
+        # The status document's programs list (autoscaling) knows the wanted count best.
+        programs = doc.get("programs")
+        for p in programs if isinstance(programs, list) else ():
+            if isinstance(p, dict) and isinstance(p.get("desired"), int):
+                desired[str(p.get("name", p.get("program")))] = p["desired"]
         rows = doc.get("workers", [])
         names = sorted(set(desired) | {w["program"] for w in rows})
         c = self.counters
@@ -142,13 +147,12 @@ class GsuperCollector:
         info.add_metric([__version__], 1)
         yield info
 
-        # Autoscaling (issue 14): present once the status document has a programs list.
-        programs = doc.get("programs")
+        # Autoscaling: present once the status document has a programs list.
         if isinstance(programs, list):
             backlog = GaugeMetricFamily("gsuper_queue_backlog", "The last backlog reading.", labels=["program"])
             for p in programs:
                 if isinstance(p, dict) and isinstance(p.get("backlog"), (int, float)):
-                    backlog.add_metric([str(p.get("program", p.get("name")))], p["backlog"])
+                    backlog.add_metric([str(p.get("name", p.get("program")))], p["backlog"])
             yield backlog
         if c.scale_events or isinstance(programs, list):
             scaled = CounterMetricFamily(
