@@ -11,19 +11,26 @@ setup(
     python_requires=">=3.11",
     # runners/ ships inside the package as gsuper/runner_files (gsuper.runners is the module
     # that builds the command lines; a package of the same name would shadow it).
-    packages=["gsuper", "gsuper.importers", "gsuper.runner_files"],
+    packages=["gsuper", "gsuper.importers", "gsuper.web", "gsuper.runner_files"],
     package_dir={"gsuper": "gsuper", "gsuper.runner_files": "runners"},
-    package_data={"gsuper.runner_files": ["php/*.php", "python/*.py", "shell/*.sh"]},
+    package_data={
+        "gsuper.runner_files": ["php/*.php", "python/*.py", "shell/*.sh"],
+        # The dashboard: served by the master from the installed package, no asset from outside.
+        "gsuper.web": ["static/*"],
+    },
     install_requires=[
         "gevent>=23.9",
         "psutil>=5.9",
         "configobj>=5.0.8",
         "docopt-ng>=0.9",
         "setproctitle>=1.3",
+        "prometheus_client>=0.17",
     ],
     extras_require={
         # setuptools and wheel: tests/test_packaging.py builds the package without a network.
-        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "redis>=4", "setuptools>=61", "wheel"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "redis>=4", "setuptools>=61", "wheel",
+                 # websocket-client: the dashboard test drives headless Chromium over DevTools.
+                 "websocket-client>=1.6"],
         "dev": ["ruff>=0.5", "mypy>=1.8", "types-psutil"],
     },
     entry_points={"console_scripts": ["gsuper = gsuper.cli:main"]},

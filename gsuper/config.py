@@ -38,6 +38,10 @@ log_max_bytes = size(bare="B", default="50M")
 log_backups = integer(min=0, max=100, default=5)
 # Seconds between two samples of every worker tree's memory (for memory_limit).
 memory_check_interval = duration(default="1")
+# HOST:PORT to serve HTTP on (/metrics, /status.json, probes, dashboard); off when unset; loopback unless http_token.
+http = text(default=None)
+# A bearer token required on every HTTP path but /healthz and /readyz; required when http binds beyond loopback.
+http_token = text(default=None)
 """
 
 #: The most workers one program may have (numprocs, scale).
@@ -134,8 +138,26 @@ SPEC_INCLUDE = """
 files = text()
 """
 
-SECTION_SPECS = {"gsuper": SPEC_GSUPER, "program": SPEC_PROGRAM, "group": SPEC_GROUP}
-LIST_CHECKS = ("path_list", "int_list", "name_list", "env")
+SPEC_HOOK = """
+# Events that run the hook: started, running, backoff, fatal, exited, crashed, stopped, max_request,
+# memory_limit, request_timeout, max_lifetime, scaled, reloaded.
+events = hook_events()
+# A shell command line (run by /bin/sh -c in the config file's folder), once per event, the event as one JSON object on stdin.
+command = text()
+# Only events of these programs. Default: all.
+programs = name_list(default=None)
+# Seconds one run may take; then its process group gets SIGKILL.
+timeout = duration(default="30")
+"""
+
+#: The events a [hook:NAME] may name (CONTRACT.md, "Event hooks").
+HOOK_EVENTS = (
+    "started", "running", "backoff", "fatal", "exited", "crashed", "stopped", "max_request",
+    "memory_limit", "request_timeout", "max_lifetime", "scaled", "reloaded",
+)  # fmt: skip
+
+SECTION_SPECS = {"gsuper": SPEC_GSUPER, "program": SPEC_PROGRAM, "group": SPEC_GROUP, "hook": SPEC_HOOK}
+LIST_CHECKS = ("path_list", "int_list", "name_list", "env", "hook_events")
 _HOSTNAME = socket.gethostname()
 RUNNER_INTERPRETERS = {"php": "php", "python": "python3", "shell": "sh"}
 # Keys whose values hold %(...)s expansions, worked out per worker (gsuper/expand.py).
@@ -279,6 +301,16 @@ def _check_int_list(value: Any) -> list[int]:
         raise _CheckError(f'"{value}" is not a list of whole numbers') from None
 
 
+def _check_hook_events(value: Any) -> list[str]:
+    events = _as_list(value)
+    if not events:
+        raise _CheckError("the list is empty")
+    for event in events:
+        if event not in HOOK_EVENTS:
+            raise _CheckError(f"{event!r} is not an event (use {', '.join(HOOK_EVENTS)})")
+    return events
+
+
 def _check_env(value: Any) -> dict[str, str]:
     env: dict[str, str] = {}
     if value is None:
@@ -303,6 +335,7 @@ VALIDATOR = Validator(
         "name_list": _check_name_list,
         "int_list": _check_int_list,
         "env": _check_env,
+        "hook_events": _check_hook_events,
     }
 )
 
@@ -390,6 +423,18 @@ class ProgramConfig:
 
 
 @dataclass(frozen=True)
+class HookConfig:
+    """One [hook:NAME] section, parsed."""
+
+    name: str
+    events: tuple[str, ...]
+    command: str
+    programs: tuple[str, ...] | None
+    timeout_s: float
+    directory: str
+
+
+@dataclass(frozen=True)
 class GsuperConfig:
     """The whole configuration file, parsed."""
 
@@ -403,6 +448,9 @@ class GsuperConfig:
     programs: dict[str, ProgramConfig] = field(default_factory=dict)
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # e.g. an include that matches no file
+    http: tuple[str, int] | None = None
+    http_token: str | None = None
+    hooks: dict[str, HookConfig] = field(default_factory=dict)
 
     @property
     def pidfile(self) -> str:
@@ -466,11 +514,11 @@ def _spec_for(section: str) -> tuple[str, str]:
     kind, _, name = section.partition(":")
     if kind in ("gsuper", "include") and not name:
         return kind, SPEC_GSUPER if kind == "gsuper" else SPEC_INCLUDE
-    if kind in ("program", "group") and name:
+    if kind in ("program", "group", "hook") and name:
         if not valid_name(name):
             raise ValueError(f"[{section}]: the name {name!r} may hold only letters, digits, _ . -")
         return kind, SECTION_SPECS[kind]
-    raise ValueError(f"[{section}]: unknown section (use [gsuper], [program:NAME], [group:NAME] or [include])")
+    raise ValueError(f"[{section}]: unknown section (use [gsuper], [program:NAME], [group:NAME], [hook:NAME] or [include])")
 
 
 def _check_cut_values(path: str, section: str, sec: Any) -> None:
@@ -600,6 +648,17 @@ def _build(path: str, raw: Any, origin: dict[str, str], warnings: tuple[str, ...
             if member not in programs:
                 file = origin.get(f"group:{gname}", path)
                 raise ConfigError(f"{file}: [group:{gname}] programs: no program named {member!r}")
+    hooks: dict[str, HookConfig] = {}
+    for section in raw.sections:
+        kind, _, name = section.partition(":")
+        if kind == "hook":
+            sec = raw[section]
+            for member in sec["programs"] or ():
+                if member not in programs:
+                    raise ConfigError(f"{path}: [hook:{name}] programs: no program named {member!r}")
+            programs_filter = tuple(sec["programs"]) if sec["programs"] else None
+            hooks[name] = HookConfig(name, tuple(sec["events"]), sec["command"], programs_filter, sec["timeout"], base)
+    http = _parse_http(path, g["http"], g["http_token"])
     ordered = dict(sorted(programs.items(), key=lambda kv: (kv[1].priority, kv[0])))
     return GsuperConfig(
         path=path,
@@ -612,7 +671,44 @@ def _build(path: str, raw: Any, origin: dict[str, str], warnings: tuple[str, ...
         programs=ordered,
         groups=groups,
         warnings=warnings,
+        http=http,
+        http_token=g["http_token"],
+        hooks=hooks,
     )
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address (or `localhost`) that only this machine can reach."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _parse_http(path: str, value: str | None, token: str | None) -> tuple[str, int] | None:
+    """`HOST:PORT` (or `[V6]:PORT`) of [gsuper] http; beyond loopback only with a token."""
+    if value is None:
+        if token is not None:
+            raise ConfigError(f"{path}: [gsuper] http_token: set http = HOST:PORT too, or remove the token")
+        return None
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\s\[\]]*):(\d+)", value.strip())
+    if not m:
+        raise ConfigError(f'{path}: [gsuper] http: "{value}" is not HOST:PORT (like 127.0.0.1:9100)')
+    host = m.group(1) if m.group(1) is not None else m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{path}: [gsuper] http: the port {port} is not from 1 to 65535")
+    if not host:
+        host = "0.0.0.0"
+    if not is_loopback(host) and not token:
+        raise ConfigError(
+            f"{path}: [gsuper] http: {host} is reachable beyond this machine; set http_token (or bind 127.0.0.1)"
+        )
+    return host, port
 
 
 @dataclass(frozen=True)
@@ -870,12 +966,13 @@ def reference_markdown() -> str:
     ]
     specs = [("[gsuper]", SPEC_GSUPER), ("[program:NAME]", SPEC_PROGRAM), ("[group:NAME]", SPEC_GROUP)]
     specs.append(("[include]", SPEC_INCLUDE))
+    specs.append(("[hook:NAME]", SPEC_HOOK))
     for title, spec in specs:
         out += [f"## `{title}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         doc = ""
         for line in spec.strip().splitlines():
-            if line.startswith("#"):
-                doc = line[1:].strip()
+            if line.startswith("#"):  # a key's documentation may span several comment lines
+                doc = f"{doc} {line[1:].strip()}".strip()
                 continue
             key, _, check = (part.strip() for part in line.partition("="))
             m = re.search(r"default=(?:list\((.*?)\)|([^,)]+))", check)
@@ -883,6 +980,7 @@ def reference_markdown() -> str:
             default = default.strip('"') if default not in ("None", "") else "none"
             kind = check.split("(")[0]
             out.append(f"| `{key}` | {kind} | `{default}` | {doc} |")
+            doc = ""
         out.append("")
     return "\n".join(out)
 

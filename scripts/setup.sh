@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything gsuper's demo and tests need on a fresh Debian machine: php-cli with the redis
-# extension, redis-server (for the queue examples), and a venv with gsuper installed.
+# extension, redis-server (for the queue examples), chromium (the dashboard test), and a venv with gsuper installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,10 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -f /usr/share/php/Symfony/Component/Messenger/autoload.php ] || need+=(php-symfony-messenger)
 [ -f /usr/share/php/Symfony/Component/Messenger/Bridge/Redis/autoload.php ] || need+=(php-symfony-redis-messenger)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
+# The dashboard's browser test runs headless Chromium.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# Event hook examples: curl (webhook) and logger (syslog, from bsdutils).
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo

@@ -1,0 +1,1 @@
+"""Watching the master over HTTP: /metrics, /status.json, the probes and the dashboard."""
