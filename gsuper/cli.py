@@ -177,9 +177,21 @@ def _print_started(programs: dict[str, int]) -> None:
 # -- commands -----------------------------------------------------------------------------------
 
 
+def _preflight(cfg: config.GsuperConfig) -> None:
+    """Warnings to stderr; the first reason the config cannot run here is a Fail (exit 2)."""
+    from gsuper import preflight
+
+    for text in preflight.warnings(cfg):
+        print(f"gsuper: warning: {text}", file=sys.stderr)
+    problems = preflight.errors(cfg)
+    if problems:
+        raise Fail("; ".join(problems), 2)
+
+
 def cmd_check(args: dict[str, Any]) -> int:
     """Validate the configuration only."""
     cfg = _load(args)
+    _preflight(cfg)
     workers = sum(p.numprocs for p in cfg.programs.values())
     print(f"{cfg.path}: configuration OK ({len(cfg.programs)} programs, {workers} workers, {len(cfg.groups)} groups)")
     return 0
@@ -190,6 +202,8 @@ def cmd_start(args: dict[str, Any]) -> int:
     cfg = _load(args)
     programs, groups, names = _selection(args, cfg)
     pid = daemon.running_pid(cfg.pidfile)
+    if not pid:
+        _preflight(cfg)
     if pid:
         if not programs and not groups:
             raise Fail(f"already running (pid {pid})")

@@ -20,6 +20,7 @@ log = logging.getLogger("gsuper")
 
 MAX_REQUEST_BYTES = 1 << 20
 READ_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 32  # control connections served at once (each holds one descriptor)
 
 Dispatch = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -51,6 +52,40 @@ def _read_line(sock: Any) -> bytes | None:
     return None
 
 
+MAX_DEPTH = 4  # a request is an object of scalars and lists of names: nothing nests deeper
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a request may hold")
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def parse_request(line: bytes) -> tuple[dict[str, Any] | None, str]:
+    """A request object, or None and why: not JSON, NaN or Infinity, nested too deep, no cmd."""
+    try:
+        request = json.loads(line, parse_constant=_reject_constant)
+    except RecursionError:
+        return None, f"nested deeper than {MAX_DEPTH} levels"
+    except ValueError:
+        return None, "expected a JSON object with a cmd"
+    if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+        return None, "expected a JSON object with a cmd"
+    if _depth(request) > MAX_DEPTH:
+        return None, f"nested deeper than {MAX_DEPTH} levels"
+    return request, ""
+
+
 class ControlServer:
     """Serves requests on the control socket by calling `dispatch(request) -> reply`."""
 
@@ -73,9 +108,12 @@ class ControlServer:
             listener.bind(self.path)
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
+        # No chmod by path: the umask above already made it 0600, and a chmod would follow a link
+        # planted in its place between the bind and the chmod.
         listener.listen(128)
-        self._server = StreamServer(listener, self._handle)
+        # At most MAX_CONNECTIONS at once: past that, connections wait in the listen backlog and
+        # take no descriptor of the master's, so a flood cannot starve the workers' respawns.
+        self._server = StreamServer(listener, self._handle, spawn=MAX_CONNECTIONS)
         self._server.start()
 
     def close(self) -> None:
@@ -98,12 +136,9 @@ class ControlServer:
             if line is None:
                 self._reply(sock, {"ok": False, "error": "bad request: too big or not finished"})
                 return
-            try:
-                request = json.loads(line)
-            except ValueError:
-                request = None
-            if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-                self._reply(sock, {"ok": False, "error": "bad request: expected a JSON object with a cmd"})
+            request, problem = parse_request(line)
+            if request is None:
+                self._reply(sock, {"ok": False, "error": f"bad request: {problem}"})
                 return
             try:
                 reply = self.dispatch(request)

@@ -22,7 +22,7 @@ import gevent.event
 import gevent.queue
 import psutil
 
-from gsuper import __version__, config, osutil, record
+from gsuper import __version__, config, osutil, preflight, record
 from gsuper.commands import Commands, Refused
 from gsuper.control import ControlServer
 from gsuper.daemon import PidFile, describe
@@ -36,6 +36,14 @@ from gsuper.spawn import SETPRIV
 log = logging.getLogger("gsuper")
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1)
+#: Signals the master does not use whose default action would end it (and every worker with it):
+#: each is logged and otherwise ignored. Faults (SEGV, BUS, ILL, FPE, ABRT, TRAP, SYS) keep their
+#: default: they mean the master itself is broken. PIPE and XFSZ are ignored by Python already.
+STRAY_SIGNALS = tuple(
+    getattr(signal, name)
+    for name in ("SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR", "SIGSTKFLT", "SIGXCPU")
+    if hasattr(signal, name)
+) + tuple(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
 RECORD_DELAY_S = 0.05  # changes within this time share one rewrite of the takeover record
 
 Notify = Callable[[dict[str, Any]], None]
@@ -75,6 +83,11 @@ class Master:
     def run(self, notify: Notify) -> int:
         """Take the pid file, start the programs, serve until stopped. Returns the exit code."""
         setup_master_logging(self.master_log, self.config.loglevel, self.foreground)
+        problems = preflight.errors(self.config)
+        if problems:  # the CLI checked too; the folders may have changed since
+            notify({"ok": False, "error": "; ".join(problems)})
+            return 1
+        preflight.raise_nofile()
         try:
             stale = self.pidfile.acquire()
         except Exception as exc:  # noqa: BLE001 - AlreadyRunning or an OS error, told to the CLI
@@ -87,7 +100,7 @@ class Master:
             if stale:
                 record.end_leftovers(self.config.workersfile, gevent.sleep, _announce_leftovers)
             self.control.start()
-            for sig in HANDLED_SIGNALS:
+            for sig in HANDLED_SIGNALS + STRAY_SIGNALS:
                 gevent.signal_handler(sig, self._signals.put_nowait, sig)
             gevent.spawn(self._signal_loop)
             gevent.spawn(self.monitor.run_forever, gevent.sleep)
@@ -169,6 +182,9 @@ class Master:
     def _signal_loop(self) -> None:
         while True:
             sig = self._signals.get()
+            if sig not in HANDLED_SIGNALS:
+                log.warning("received signal %d (%s), which the master does not use: ignored", sig, signal.strsignal(sig))
+                continue
             name = signal.Signals(sig).name.lower()
             log.info("received %s", name.upper())
             handler = getattr(self, f"handle_{name}")

@@ -128,6 +128,7 @@ class Worker:
         self._recycle_reason: ExitReason | None = None
         self._reported_exit: str | None = None
         self._failures = 0
+        self._out_of_fds = False  # the last spawn failed for want of descriptors (transient)
         self._loop: gevent.Greenlet | None = None
 
     # -- public operations ------------------------------------------------------------------
@@ -238,7 +239,7 @@ class Worker:
         proc = self._spawn()
         self.spawned.set()
         if proc is None:
-            return Exit(None)
+            return Exit(None, transient=self._out_of_fds)
         if proc.wait(self.config.startsecs_s) is None:
             self._startsecs_passed()
         code = proc.wait()
@@ -249,12 +250,15 @@ class Worker:
             proc.signal_group(signal.SIGKILL)
         except OSError:
             pass
-        return Exit(int(code), self.clock.now() - self.started_at, self._stopping, self._recycle_reason, self._reported_exit)
+        served = self.requests if self.config.runner in REPORTING_RUNNERS else None
+        uptime = self.clock.now() - self.started_at
+        return Exit(int(code), uptime, self._stopping, self._recycle_reason, self._reported_exit, served)
 
     def _spawn(self) -> Process | None:
         config = self.config
         self._reported_exit = None
         self._recycle_reason = None
+        self._out_of_fds = False
         self.up.clear()
         max_request = config.max_request
         if max_request and config.max_request_jitter:
@@ -262,8 +266,13 @@ class Worker:
         try:
             proc = self.spawner(config, self.index, max_request, output_to_log(self.index, self.logfile), self._on_reports)
         except OSError as exc:
-            self.last_error = f"cannot start {runners.argv_for(config)[0]}: {exc.strerror}"
-            log.error("%s: %s", self.name, self.last_error)
+            self._out_of_fds = exc.errno in (errno.EMFILE, errno.ENFILE)
+            if self._out_of_fds:
+                self.last_error = "too many open files"
+                log.error("%s: cannot spawn: too many open files in the master (%s); retrying", self.name, exc.strerror)
+            else:
+                self.last_error = f"cannot start {runners.argv_for(config)[0]}: {exc.strerror}"
+                log.error("%s: %s", self.name, self.last_error)
             return None
         self.proc, self.pid = proc, proc.pid
         self.started_at = self.clock.now()
@@ -298,24 +307,34 @@ class Worker:
         if self.state is S.RUNNING:  # startsecs < 1 had already promoted it
             self._transition(S.EXITED)
         self._transition(S.BACKOFF)
+        if decision.reason is ExitReason.MEMORY_LIMIT:
+            self.last_error = (
+                f"over memory_limit ({self.config.memory_limit_bytes >> 20}M) before serving a request: "
+                "the limit is below what the program needs at rest"
+            )
+            log.warning("%s: %s", self.name, self.last_error)
         if decision.action is Action.FATAL:
             self.last_error = self.last_error or f"exited {decision.failures} times within {rules.started_after_s}s of starting"
             log.error("%s: FATAL after %d failed starts in a row", self.name, decision.failures)
             self._transition(S.FATAL)
             self._wanted = False
             return False
-        log.info(
-            "%s: failed start %d of %d, retry in %.1fs", self.name, decision.failures, rules.startretries + 1, decision.delay_s
-        )
+        if not exit.transient:
+            log.info(
+                "%s: failed start %d of %d, retry in %.1fs",
+                self.name, decision.failures, rules.startretries + 1, decision.delay_s,
+            )  # fmt: skip
         self._wake.clear()
         self.clock.wait(self._wake, decision.delay_s)
         if not self._wanted:
             self._transition(S.STOPPED)
             return False
-        self.restarts += 1
+        self.restarts += decision.counted  # a transient retry (no descriptors) spawned nothing
         return True
 
     def _record_exit(self, exit: Exit, decision: Decision) -> None:
+        if exit.transient:  # no process existed: the last real exit stays what status shows
+            return
         reason = decision.reason.value
         self.last_exit = {"reason": reason, "code": exit.code}
         if exit.code is None:
