@@ -88,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     except (Fail, control.ControlError) as exc:
         print(f"gsuper: {exc}", file=sys.stderr)
         return exc.code if isinstance(exc, Fail) else 1
+    except PermissionError as exc:  # e.g. `-s exit` by a user against root's master
+        where = f" on {exc.filename}" if exc.filename else ""
+        print(f"gsuper: permission denied{where}: run this as root or as the user the master runs as", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `gsuper -s status | head`
@@ -129,7 +133,17 @@ def _usage_line(command: str) -> str:
 
 
 def _load(args: dict[str, Any]) -> config.GsuperConfig:
-    return config.load(args["--config"])
+    return _located(config.load(args["--config"]))
+
+
+def _located(cfg: config.GsuperConfig) -> config.GsuperConfig:
+    """The paths the running master uses, should the file's rundir or logdir have been edited."""
+    from gsuper import registry
+
+    cfg, note = registry.locate(cfg)
+    if note:
+        print(f"gsuper: warning: {note}", file=sys.stderr)
+    return cfg
 
 
 def _load_for_running(args: dict[str, Any]) -> config.GsuperConfig:
@@ -141,7 +155,7 @@ def _load_for_running(args: dict[str, Any]) -> config.GsuperConfig:
     try:
         return _load(args)
     except config.ConfigError as exc:
-        cfg = config.load_paths_only(args["--config"])
+        cfg = _located(config.load_paths_only(args["--config"]))
         if not daemon.running_pid(cfg.pidfile):
             raise
         print(f"gsuper: warning: {exc}; acting on the running master anyway", file=sys.stderr)
@@ -255,12 +269,21 @@ def cmd_stop(args: dict[str, Any]) -> int:
 
 def _stop(cfg: config.GsuperConfig, programs: list[str], groups: list[str], names: list[str], timeout_s: float | None) -> None:
     whole = not programs and not groups
-    _ask(cfg, {"cmd": "stop", "programs": programs, "groups": groups, "timeout": timeout_s})
+    ask_stop = {"cmd": "stop", "programs": programs, "groups": groups, "timeout": timeout_s, "wait": True}
+    pending = control.Pending(cfg.sockfile, ask_stop)
+    reply: dict[str, Any] | None = None
     # With only the paths known (a broken file), the master's own stop_timeout is unknown here.
     longest = timeout_s if timeout_s is not None else max((p.stop_timeout_s for p in cfg.programs.values()), default=600)
     deadline = time.monotonic() + longest + 15
     progress = _Progress()
     while True:
+        if pending.ready():
+            reply = pending.result()
+            if reply is not None and not reply.get("ok"):
+                progress.done()
+                raise Fail(str(reply.get("error", "the master refused the request")))
+            if reply is not None or not whole:
+                break
         try:
             ask = {"cmd": "status", "programs": programs, "groups": groups, "rss": False}
             status = control.request(cfg.sockfile, ask, 5)["status"]
@@ -272,14 +295,19 @@ def _stop(cfg: config.GsuperConfig, programs: list[str], groups: list[str], name
             left: list[dict[str, Any]] = []
         else:
             left = [w for w in status["workers"] if w["state"] in LIVE_STATE_NAMES]
-            if not left and not whole:
-                break
         progress.show(left)
         if time.monotonic() > deadline:
             progress.done()
             raise Fail(f"{len(left)} workers would not stop within {longest + 15:.0f}s")
         time.sleep(0.05)
     progress.done()
+    if reply is not None and whole:
+        daemon.wait_gone(cfg.pidfile, 10)  # the reply comes just before the master exits
+    killed = int(reply.get("killed") or 0) if reply else 0
+    if killed:
+        # CONTRACT: "a worker would not stop" is exit 1; the requests they were in were cut off.
+        plural = "s" if killed != 1 else ""
+        raise Fail(f"stopped, but {killed} worker{plural} did not finish within the timeout and were killed (SIGKILL)")
     print("stopped" if whole else f"stopped {', '.join(names)}")
 
 
@@ -365,7 +393,7 @@ def cmd_scale(args: dict[str, Any]) -> int:
     """Set a program's worker count now."""
     cfg = _load(args)
     name, sep, count = args["NAME=N"].partition("=")
-    if not sep or not count.strip().isdigit():
+    if not sep or not re.fullmatch(r"[0-9]+", count.strip()):  # not isdigit: "²" is a digit to it
         raise Fail(f"scale takes NAME=N, like member_1=4 (got {args['NAME=N']!r})", 2)
     if int(count) > config.MAX_WORKERS:
         limit = config.MAX_WORKERS

@@ -44,7 +44,9 @@ FIELD_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "program": ("a name", lambda v: isinstance(v, str)),
     "rolling": ("true or false", lambda v: isinstance(v, bool)),
     "rss": ("true or false", lambda v: isinstance(v, bool)),
+    "wait": ("true or false", lambda v: isinstance(v, bool)),
 }
+KILLED_EXIT = {"reason": "stopped", "code": -9}  # last_exit of a worker SIGKILLed at its stop timeout
 
 
 def check_types(request: dict[str, Any]) -> str | None:
@@ -109,11 +111,30 @@ class Commands:
         """Stop the selected programs, or everything and the master; replies at once."""
         timeout = request.get("timeout")
         timeout_s = None if timeout is None else float(timeout)
-        if not request.get("programs") and not request.get("groups"):
+        whole = not request.get("programs") and not request.get("groups")
+        if request.get("wait"):
+            # The reply comes once the stop is done, saying how many workers had to be SIGKILLed
+            # (the CLI shows progress meanwhile on other connections).
+            chosen = list(self.master.programs) if whole else names
+            before = self._live(chosen)
+            if whole:
+                self.master.shutdown(timeout_s)
+            else:
+                self.master.stop_programs(names, timeout_s)
+            killed = sum(1 for key, row in self._rows(chosen).items() if key in before and row["last_exit"] == KILLED_EXIT)
+            return {"ok": True, "shutdown": whole, "programs": names, "killed": killed}
+        if whole:
             gevent.spawn(self.master.shutdown, timeout_s)
             return {"ok": True, "shutdown": True}
         gevent.spawn(self.master.stop_programs, names, timeout_s)
         return {"ok": True, "shutdown": False, "programs": names}
+
+    def _rows(self, names: list[str]) -> dict[tuple[str, int], dict[str, Any]]:
+        programs = self.master.programs
+        return {(r["program"], r["index"]): r for n in names if n in programs for r in programs[n].snapshot()}
+
+    def _live(self, names: list[str]) -> set[tuple[str, int]]:
+        return {key for key, row in self._rows(names).items() if row["pid"]}
 
     def cmd_restart(self, request: dict[str, Any], names: list[str]) -> Reply:
         """Rolling restart of the selected programs (the plain restart is stop then start)."""

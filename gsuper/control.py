@@ -156,6 +156,49 @@ class ControlServer:
         sock.sendall(json.dumps(reply).encode() + b"\n")
 
 
+class Pending:
+    """A request sent whose reply comes later (a stop that waits); the CLI polls `ready()`."""
+
+    def __init__(self, path: str, payload: dict[str, Any]) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10.0)
+        try:
+            self.sock.connect(path)
+            self.sock.sendall(json.dumps(payload).encode() + b"\n")
+        except (FileNotFoundError, ConnectionRefusedError):
+            self.sock.close()
+            raise ControlError(f"the master is not answering on {path}") from None
+        except OSError as exc:
+            self.sock.close()
+            raise ControlError(f"cannot talk to the master on {path}: {exc.strerror}") from None
+
+    def ready(self) -> bool:
+        """True when the reply (or the end of the connection) has arrived."""
+        import select
+
+        return bool(select.select([self.sock], [], [], 0)[0])
+
+    def result(self) -> dict[str, Any] | None:
+        """The reply, or None when the master closed the connection (it exited) without one."""
+        buf = b""
+        try:
+            while not buf.endswith(b"\n"):
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        except OSError:
+            pass
+        finally:
+            self.sock.close()
+        try:
+            reply = json.loads(buf) if buf else None
+        except ValueError:
+            return None
+        return reply if isinstance(reply, dict) else None
+
+
 def request(path: str, payload: dict[str, Any], timeout_s: float | None = 10.0) -> dict[str, Any]:
     """Send one request to the master and return its reply (CLI side, blocking)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -175,6 +175,29 @@ class PipeReader:
         except Exception:  # noqa: BLE001 - a callback's bug must not kill the hub
             logging.getLogger("gsuper").exception("reading a worker's pipe")
 
+    def drain_now(self) -> None:
+        """Read what is in the pipe now, without waiting for an EOF, then close.
+
+        After the writer exited, everything it wrote is already in the pipe; the EOF may never
+        come while its children hold the write end (a shell script's `sleep`), so it is not
+        waited for.
+        """
+        while not self.eof.is_set():
+            try:
+                chunk = os.read(self.fd, CHUNK)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            data = self._partial + chunk
+            cut = data.rfind(b"\n") + 1
+            self._partial = data[cut:]
+            if cut:
+                self._deliver(data[:cut])
+        self.close()
+
     def close(self) -> None:
         """Stop watching, pass on what is left, close the fd, set `eof`."""
         if self.eof.is_set():

@@ -15,6 +15,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import gevent
@@ -22,7 +23,7 @@ import gevent.event
 import gevent.queue
 import psutil
 
-from gsuper import __version__, config, osutil, preflight, record
+from gsuper import __version__, config, osutil, preflight, record, registry
 from gsuper.commands import Commands, Refused
 from gsuper.control import ControlServer
 from gsuper.daemon import PidFile, describe
@@ -94,6 +95,10 @@ class Master:
             notify({"ok": False, "error": describe(exc)})
             return 1
         try:
+            try:
+                registry.record(self.config)  # so the CLI finds us even if rundir is edited
+            except OSError as exc:
+                log.warning("cannot record this master in %s: %s", registry.folder(), exc.strerror or exc)
             osutil.no_inherited_fds()
             osutil.set_title(f"gsuper: master {self.config.path}")
             osutil.become_subreaper()
@@ -131,6 +136,7 @@ class Master:
         finally:
             self.control.close()
             _remove(self.config.workersfile)
+            registry.forget(self.config)
             self.pidfile.release()
             log.info("master %d exited", os.getpid())
 
@@ -279,6 +285,7 @@ class Master:
             new = config.load(self.config.path)
         except config.ConfigError as exc:
             return {"ok": False, "error": str(exc), "config_error": True}
+        new, moved = _pin_folders(self.config, new)
         try:
             self._exclusive("reload")
         except Refused:
@@ -287,6 +294,7 @@ class Master:
             changes, errors = self._apply(new)
         finally:
             self._busy = False
+        changes = moved + changes
         self.events.emit(Event("reloaded", data={"changes": changes, "errors": errors}))
         return {"ok": True, "changes": changes, "errors": errors}
 
@@ -334,6 +342,17 @@ class Master:
         for line in changes:
             log.info("reload: %s", line)
         return changes, errors
+
+
+def _pin_folders(old: config.GsuperConfig, new: config.GsuperConfig) -> tuple[config.GsuperConfig, list[str]]:
+    """A running master keeps its rundir and logdir (its pid file, socket and open logs are
+    there); an edit of either takes effect at the next restart, and the reload says so."""
+    notes = [
+        f"{key} changed in the file ({getattr(new, key)}): the master keeps {getattr(old, key)} until the next restart"
+        for key in ("rundir", "logdir")
+        if getattr(new, key) != getattr(old, key)
+    ]
+    return replace(new, rundir=old.rundir, logdir=old.logdir), notes
 
 
 def _announce_leftovers(count: int) -> None:

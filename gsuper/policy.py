@@ -145,11 +145,12 @@ def decide(exit: Exit, rules: Rules, failures: int) -> Decision:
         return Decision(reason, Action.BACKOFF, failures, TRANSIENT_RETRY_S, counted=False)
     loop_run = rules.loop_runs and exit.code == 0
     if reason is ExitReason.MEMORY_LIMIT and (
-        exit.served == 0 or (exit.served is None and exit.uptime_s < rules.started_after_s)
+        (exit.served is not None and exit.served <= 1) or (exit.served is None and exit.uptime_s < rules.started_after_s)
     ):
-        # Over the limit before serving anything (or, for a program that reports no requests,
-        # within startsecs): the limit is below what it needs at rest, and respawning at once
-        # would be a respawn storm. A failed start: backoff, then FATAL.
+        # Over the limit at its first check (the runners check after each request, so after at
+        # most one), or, for a program that reports no requests, within startsecs: the limit is
+        # below what it needs at rest, and respawning at once would be a respawn storm (89 a
+        # second for PHP at 10M). A failed start: backoff, then FATAL.
         return _failed_start(reason, rules, failures)
     if reason in RECYCLES or loop_run:
         # A recycle, or one finished run of a loop-mode command: at once, never a failure.

@@ -99,8 +99,12 @@ class WorkerProcess:
         return self.child.wait(timeout)
 
     def drain(self, timeout_s: float) -> None:
-        """After the exit: let the status reader take the runner's last report (its exit reason)."""
-        self._status.eof.wait(timeout=timeout_s)
+        """After the exit: take the runner's last report (its exit reason) from the status pipe.
+
+        What the process wrote is in the pipe already, so it is read at once; waiting for an EOF
+        (up to `timeout_s`) would wait in vain while the worker's children hold the pipe.
+        """
+        self._status.drain_now()
 
     def signal_group(self, sig: int) -> None:
         """Send `sig` to the process group the worker leads. Raises OSError (ESRCH: gone)."""

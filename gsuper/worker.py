@@ -37,7 +37,7 @@ S = ProcessState
 log = logging.getLogger("gsuper")
 
 REPORTING_RUNNERS = ("php", "python")  # they report ready after their bootstrap
-DRAIN_S = 0.2  # how long an exit waits for the runner's last report to be read
+DRAIN_S = 0.2  # the most an exit may wait for the runner's last report (the real spawner reads at once)
 
 
 class Process(Protocol):

@@ -34,9 +34,10 @@ DEFAULT = Rules()  # autorestart true, exitcodes 0, startsecs 1, startretries 3
         (Exit(0, 0.2, reported="max_lifetime"), DEFAULT, 0, R.MAX_LIFETIME, Action.RESPAWN, 0, 0.0),
         (Exit(-signal.SIGTERM, 0.3, recycled=R.MEMORY_LIMIT, served=5), DEFAULT, 1, R.MEMORY_LIMIT, Action.RESPAWN, 0, 0.0),
         (Exit(-signal.SIGTERM, 9.0, recycled=R.MEMORY_LIMIT), DEFAULT, 1, R.MEMORY_LIMIT, Action.RESPAWN, 0, 0.0),
-        # ... but over memory_limit before serving a request (or, reporting none, within
-        # startsecs) is a failed start: the limit is below the program's resting size.
+        # ... but over memory_limit at its first check (after at most one request; or, reporting
+        # none, within startsecs) is a failed start: the limit is below the program's resting size.
         (Exit(0, 5.0, reported="memory_limit", served=0), DEFAULT, 0, R.MEMORY_LIMIT, Action.BACKOFF, 1, 0.1),
+        (Exit(0, 0.05, reported="memory_limit", served=1), DEFAULT, 1, R.MEMORY_LIMIT, Action.BACKOFF, 2, 0.2),
         (Exit(-signal.SIGTERM, 0.3, recycled=R.MEMORY_LIMIT), DEFAULT, 1, R.MEMORY_LIMIT, Action.BACKOFF, 2, 0.2),
         (Exit(0, 0.2, reported="memory_limit", served=0), DEFAULT, 3, R.MEMORY_LIMIT, Action.FATAL, 4, 0.0),
         # Out of descriptors at spawn: retried after 1 s, never counted toward FATAL.
