@@ -301,13 +301,15 @@ def _stop(cfg: config.GsuperConfig, programs: list[str], groups: list[str], name
             raise Fail(f"{len(left)} workers would not stop within {longest + 15:.0f}s")
         time.sleep(0.05)
     progress.done()
+    if reply is None and pending.ready():  # the master replied, then exited before we looked
+        reply = pending.result()
     if reply is not None and whole:
         daemon.wait_gone(cfg.pidfile, 10)  # the reply comes just before the master exits
     killed = int(reply.get("killed") or 0) if reply else 0
     if killed:
         # CONTRACT: "a worker would not stop" is exit 1; the requests they were in were cut off.
-        plural = "s" if killed != 1 else ""
-        raise Fail(f"stopped, but {killed} worker{plural} did not finish within the timeout and were killed (SIGKILL)")
+        were = "workers did not finish within the timeout and were" if killed != 1 else "worker did not finish within the timeout and was"
+        raise Fail(f"stopped, but {killed} {were} killed (SIGKILL)")
     print("stopped" if whole else f"stopped {', '.join(names)}")
 
 

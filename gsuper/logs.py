@@ -39,7 +39,6 @@ class LogFile:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             self._fd = fsafe.open_append(self.path)  # O_NOFOLLOW: a planted link is an error
             self._size = os.fstat(self._fd).st_size
-            self.last_error = None
             return True
         except OSError as exc:
             self._fail(exc)
@@ -72,6 +71,7 @@ class LogFile:
                 n = os.write(self._fd, view)
                 view = view[n:]
             self._size += len(data)
+            self.last_error = None  # cleared by a write that worked, so an error is told once
         except OSError as exc:
             # Every write error (ENOSPC, EFBIG past RLIMIT_FSIZE, EIO ...): reported once, the
             # data dropped, the file retried at most once a second; never a raise or a busy loop.

@@ -123,7 +123,12 @@ def launch_worker(
     Raises OSError (with the reason) when the process cannot be started.
     """
     status_r, status_w = os.pipe()
-    out_r, out_w = os.pipe()
+    try:
+        out_r, out_w = os.pipe()
+    except OSError:  # EMFILE half-way: the first pipe must not leak, or every retry loses two more
+        os.close(status_r)
+        os.close(status_w)
+        raise
     for fd in (status_r, out_r):
         os.set_blocking(fd, False)
     argv = runners.argv_for(config)
