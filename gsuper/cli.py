@@ -308,8 +308,9 @@ def _stop(cfg: config.GsuperConfig, programs: list[str], groups: list[str], name
     killed = int(reply.get("killed") or 0) if reply else 0
     if killed:
         # CONTRACT: "a worker would not stop" is exit 1; the requests they were in were cut off.
-        were = "workers did not finish within the timeout and were" if killed != 1 else "worker did not finish within the timeout and was"
-        raise Fail(f"stopped, but {killed} {were} killed (SIGKILL)")
+        who = "workers" if killed != 1 else "worker"
+        were = "were" if killed != 1 else "was"
+        raise Fail(f"stopped, but {killed} {who} did not finish within the timeout and {were} killed (SIGKILL)")
     print("stopped" if whole else f"stopped {', '.join(names)}")
 
 

@@ -25,7 +25,9 @@ from conftest import BIN, PHP, alive, wait_for
 pytestmark = pytest.mark.timeout(120)
 
 
-def gsuper(*args: str, cwd: Path, limits: dict[int, tuple[int, int]] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def gsuper(
+    *args: str, cwd: Path, limits: dict[int, tuple[int, int]] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """bin/gsuper with resource limits set in the child first (as `ulimit` would)."""
 
     def preexec() -> None:
@@ -434,7 +436,8 @@ def test_another_user_asking_root_master_to_exit_gets_one_sentence(gs):
         config = folder / "gsuper.ini"
         config.write_text("[program:a]\ncommand = sleep 1000\n")
         gsuper("-s", "start", "-c", str(config), cwd=folder).check_returncode()
-        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, BIN, "-s", "exit", "-c", str(config)]
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        argv = [*nobody, sys.executable, BIN, "-s", "exit", "-c", str(config)]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/")
         assert proc.returncode == 1, proc.stderr
         assert "permission denied" in proc.stderr and "run this as root or as the user the master runs as" in proc.stderr
@@ -509,7 +512,8 @@ def test_start_after_a_killed_master_waits_each_groups_own_stop_timeout(gs):
     gs.start()
     quick = gs.wait_workers("quick")[0]["pid"]
     gs.wait_workers("slow")
-    wait_for(lambda: (gs.root / "run" / "workers.json").is_file() and len(json.loads((gs.root / "run" / "workers.json").read_text())["workers"]) == 2, what="the record")
+    record = gs.root / "run" / "workers.json"
+    wait_for(lambda: record.is_file() and len(json.loads(record.read_text())["workers"]) == 2, what="the record")
     os.kill(gs.master_pid(), signal.SIGKILL)
     wait_for(lambda: not gs.running(), what="the master gone")
     assert alive(quick)  # it ignores the PDEATHSIG TERM
