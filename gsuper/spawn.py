@@ -31,6 +31,49 @@ _RESET = (
 )  # fmt: skip
 
 
+#: Pids of the processes :func:`spawn` started that have not exited: the master's own workers.
+_LIVE: set[int] = set()
+
+
+def end_strays(program: str, index: int) -> int:
+    """SIGKILL what a slot's earlier processes left behind outside their process group.
+
+    A classic daemon double-forks and calls setsid: it leaves the worker's group and session,
+    so the group kill at the worker's exit misses it. The master is a subreaper, so such a
+    process arrives as a direct child of the master; it is told from the master's own workers
+    (their pids are known) by the environment it inherited (`GSUPER_PROGRAM`, `GSUPER_WORKER`,
+    `GSUPER_STATUS_FD`, which hooks do not get). Returns how many were ended.
+    """
+    children: list[int] = []
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as fh:
+                children.extend(int(p) for p in fh.read().split())
+    except OSError:  # no CONFIG_PROC_CHILDREN: nothing to go on
+        return 0
+    wanted = {b"GSUPER_PROGRAM": os.fsencode(program), b"GSUPER_WORKER": str(index).encode()}
+    ended = 0
+    for pid in children:
+        if pid in _LIVE:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                env = dict(kv.split(b"=", 1) for kv in fh.read().split(b"\0") if b"=" in kv)
+        except OSError:
+            continue
+        if b"GSUPER_STATUS_FD" not in env or any(env.get(k) != v for k, v in wanted.items()):
+            continue
+        try:
+            pgid = os.getpgid(pid)
+            if pgid != os.getpgid(0):  # its own group (it called setsid): everything in it
+                os.killpg(pgid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+            ended += 1
+        except OSError:
+            continue
+    return ended
+
+
 class Child:
     """A spawned process: its pid, and its exit status once it is gone (-N: killed by signal N)."""
 
@@ -45,6 +88,7 @@ class Child:
         status = self._watcher.rstatus
         self._watcher.stop()
         self.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        _LIVE.discard(self.pid)
         self._exited.set()
 
     def wait(self, timeout: float | None = None) -> int | None:
@@ -77,14 +121,16 @@ def spawn(argv: list[str], env: dict[str, str], cwd: str, output_fd: int, keep_f
     finally:
         os.chdir(previous)
         os.set_inheritable(keep_fd, False)
+    _LIVE.add(pid)
     return Child(pid)
 
 
 class WorkerProcess:
     """A spawned worker: its :class:`Child` and the readers of its output and status pipes."""
 
-    def __init__(self, child: Child, output: PipeReader, status: PipeReader) -> None:
+    def __init__(self, child: Child, output: PipeReader, status: PipeReader, slot: tuple[str, int] = ("", -1)) -> None:
         self.child = child
+        self.slot = slot  # (program, index): whose strays to end
         self.pid = child.pid
         self._output = output
         self._status = status
@@ -110,6 +156,10 @@ class WorkerProcess:
         """Send `sig` to the process group the worker leads. Raises OSError (ESRCH: gone)."""
         os.killpg(self.pid, sig)
 
+    def end_strays(self) -> int:
+        """After the exit: end what the worker left outside its group (:func:`end_strays`)."""
+        return end_strays(*self.slot)
+
 
 def launch_worker(
     config: ProgramConfig,
@@ -122,6 +172,8 @@ def launch_worker(
 
     Raises OSError (with the reason) when the process cannot be started.
     """
+    # A daemon an earlier life double-forked may only have arrived since that life's exit.
+    end_strays(config.name, index)
     status_r, status_w = os.pipe()
     try:
         out_r, out_w = os.pipe()
@@ -141,4 +193,5 @@ def launch_worker(
     finally:
         os.close(status_w)
         os.close(out_w)
-    return WorkerProcess(child, PipeReader(out_r, on_output), PipeReader(status_r, on_reports, STATUS_LINE_MAX))
+    output, status = PipeReader(out_r, on_output), PipeReader(status_r, on_reports, STATUS_LINE_MAX)
+    return WorkerProcess(child, output, status, (config.name, index))

@@ -58,6 +58,9 @@ class Process(Protocol):
     def signal_group(self, sig: int) -> None:
         """Signal the process group the worker leads (raises OSError)."""
 
+    def end_strays(self) -> int:
+        """After the exit, end what the worker left outside its group (double-forked daemons)."""
+
 
 #: spawner(config, index, max_request, on_output, on_reports) -> Process; raises OSError.
 Spawner = Callable[[ProgramConfig, int, int, Callable[[bytes], None], Callable[[bytes], None]], Process]
@@ -250,6 +253,8 @@ class Worker:
             proc.signal_group(signal.SIGKILL)
         except OSError:
             pass
+        if proc.end_strays():
+            log.warning("%s: ended processes the worker left outside its group (a daemon that forked away)", self.name)
         served = self.requests if self.config.runner in REPORTING_RUNNERS else None
         uptime = self.clock.now() - self.started_at
         return Exit(int(code), uptime, self._stopping, self._recycle_reason, self._reported_exit, served)

@@ -99,6 +99,9 @@ class FakeProcess:
     def drain(self, timeout_s: float) -> None:
         return None
 
+    def end_strays(self) -> int:
+        return 0
+
     def signal_group(self, sig: int) -> None:
         self.signals.append(sig)
         if self._code is not None:

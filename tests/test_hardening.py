@@ -553,3 +553,33 @@ def test_respawn_does_not_wait_for_the_status_pipe_children_hold(gs):
     assert len(gaps) >= 3
     assert min(gaps) < 0.15, f"respawn gaps {gaps}"
     gs.run("-s", "stop", check=True)
+
+
+# -- 6. daemons that double-fork away -----------------------------------------------------------
+
+
+def test_daemons_that_fork_away_from_failed_starts_are_ended(gs, leak_check):
+    # A classic daemonize: fork, setsid, exit; the daemon leaves the worker's group and session.
+    gs.write("""
+    [program:daemonish]
+    command = sh -c "(setsid sleep 1000 &); exit 0"
+    startretries = 2
+    """)
+    gs.start()
+    gs.wait_workers("daemonish", "FATAL", timeout=20)
+
+    def strays() -> list[int]:
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                env = proc.environ()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            if env.get("GSUPER_TEST_TOKEN") == leak_check and env.get("GSUPER_PROGRAM") == "daemonish":
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc.pid)
+        return found
+
+    wait_for(lambda: not strays(), 10, "no daemon left of the three failed starts")
+    assert "a daemon that forked away" in gs.log()
+    gs.run("-s", "stop", check=True)
