@@ -476,9 +476,10 @@ def load(path: str) -> GsuperConfig:
             check = spec[section].get(key, "")
             value = raw[section][key]
             if not any(check.startswith(c) for c in LIST_CHECKS) and isinstance(value, str):
-                if key == "command" and _whole_word(value):
-                    # `command = "./my script.sh"`: quoted whole with no quote inside is one word,
-                    # as a shell reads it (escaped, as shlex.split reads it back).
+                if key == "command" and _names_a_file(value, os.path.dirname(path), raw[section].get("directory")):
+                    # `command = "./my script.sh"`: quoted whole, no quote inside, and naming a file
+                    # as a whole: one word, as a shell reads it (escaped, as shlex.split reads it
+                    # back). Otherwise the quotes only protect a '#' and the words are split.
                     raw[section][key] = re.sub(r"([\s\\])", r"\\\1", value.strip()[1:-1])
                     continue
                 raw[section][key] = unquote(value)
@@ -500,10 +501,13 @@ def load(path: str) -> GsuperConfig:
     return _build(path, raw)
 
 
-def _whole_word(value: str) -> bool:
+def _names_a_file(value: str, base: str, directory: Any) -> bool:
     text = value.strip()
     inner = text[1:-1]
-    return len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" and not any(q in inner for q in "'\"")
+    if len(text) < 2 or text[0] != text[-1] or text[0] not in "'\"" or any(q in inner for q in "'\"") or " " not in inner:
+        return False
+    folder = os.path.join(base, os.path.expanduser(unquote(directory))) if isinstance(directory, str) else base
+    return os.path.isfile(os.path.join(folder, os.path.expanduser(inner)))
 
 
 def load_paths_only(path: str) -> GsuperConfig:

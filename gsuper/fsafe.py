@@ -17,7 +17,9 @@ import errno
 import os
 import stat
 
-_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO planted under the name must not block the master in open() (it fails with
+# ENXIO, or opens and is refused as not a regular file); for a regular file it changes nothing.
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def open_append(path: str, mode: int = 0o644) -> int:
@@ -43,6 +45,7 @@ def _regular(fd: int, path: str) -> int:
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, "not a regular file", path)
+    os.set_blocking(fd, True)
     return fd
 
 
