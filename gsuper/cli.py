@@ -263,11 +263,20 @@ def cmd_stop(args: dict[str, Any]) -> int:
     except ValueError as exc:
         raise Fail(f"--timeout: {exc}", 2) from None
     _running(cfg)
-    _stop(cfg, programs, groups, names, timeout_s)
+    killed = _stop(cfg, programs, groups, names, timeout_s)
+    if killed:
+        # CONTRACT: "a worker would not stop" is exit 1; the requests they were in were cut off.
+        raise Fail(_killed_sentence(killed))
     return 0
 
 
-def _stop(cfg: config.GsuperConfig, programs: list[str], groups: list[str], names: list[str], timeout_s: float | None) -> None:
+def _killed_sentence(killed: int) -> str:
+    who, were = ("workers", "were") if killed != 1 else ("worker", "was")
+    return f"stopped, but {killed} {who} did not finish within the timeout and {were} killed (SIGKILL)"
+
+
+def _stop(cfg: config.GsuperConfig, programs: list[str], groups: list[str], names: list[str], timeout_s: float | None) -> int:
+    """Stop and wait with progress; return how many workers had to be SIGKILLed."""
     whole = not programs and not groups
     ask_stop = {"cmd": "stop", "programs": programs, "groups": groups, "timeout": timeout_s, "wait": True}
     pending = control.Pending(cfg.sockfile, ask_stop)
@@ -306,12 +315,9 @@ def _stop(cfg: config.GsuperConfig, programs: list[str], groups: list[str], name
     if reply is not None and whole:
         daemon.wait_gone(cfg.pidfile, 10)  # the reply comes just before the master exits
     killed = int(reply.get("killed") or 0) if reply else 0
-    if killed:
-        # CONTRACT: "a worker would not stop" is exit 1; the requests they were in were cut off.
-        who = "workers" if killed != 1 else "worker"
-        were = "were" if killed != 1 else "was"
-        raise Fail(f"stopped, but {killed} {who} did not finish within the timeout and {were} killed (SIGKILL)")
-    print("stopped" if whole else f"stopped {', '.join(names)}")
+    if not killed:
+        print("stopped" if whole else f"stopped {', '.join(names)}")
+    return killed
 
 
 class _Progress:
@@ -375,7 +381,9 @@ def cmd_restart(args: dict[str, Any]) -> int:
             print(f"{name}: {n} workers replaced one at a time")
         return 0
     if daemon.running_pid(cfg.pidfile):
-        _stop(cfg, programs, groups, names, None)
+        killed = _stop(cfg, programs, groups, names, None)
+        if killed:  # the restart goes on: the start is what was asked for
+            print(f"gsuper: warning: {_killed_sentence(killed)}", file=sys.stderr)
     args = dict(args, **{"--foreground": False})
     return cmd_start(args)
 
