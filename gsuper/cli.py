@@ -366,6 +366,9 @@ def cmd_exit(args: dict[str, Any]) -> int:
             os.unlink(path)
         except OSError:
             pass
+    from gsuper import registry
+
+    registry.forget(cfg)
     print(f"killed master {pid} and {groups} worker process groups")
     return 0
 

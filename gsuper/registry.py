@@ -45,6 +45,25 @@ def record(cfg: GsuperConfig) -> None:
         raise OSError(problem)
     doc = {"config": cfg.path, "rundir": cfg.rundir, "logdir": cfg.logdir, "pid": os.getpid()}
     fsafe.write_atomic(entry_path(cfg.path), json.dumps(doc).encode(), 0o600)
+    _prune(where, entry_path(cfg.path))
+
+
+def _prune(where: str, mine: str) -> None:
+    # Entries of SIGKILLed masters are left behind; each start removes those whose master is gone.
+    for name in os.listdir(where):
+        path = os.path.join(where, name)
+        if path == mine or not name.endswith(".json"):
+            continue
+        try:
+            with open(path) as fh:
+                rundir = str(json.load(fh)["rundir"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not daemon.running_pid(os.path.join(rundir, "gsuper.pid")):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 def forget(cfg: GsuperConfig) -> None:
