@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     except (Fail, control.ControlError) as exc:
         print(f"gsuper: {exc}", file=sys.stderr)
         return exc.code if isinstance(exc, Fail) else 1
+    except PermissionError as exc:  # e.g. `-s exit` by a user against root's master
+        where = f" on {exc.filename}" if exc.filename else ""
+        print(f"gsuper: permission denied{where}: run this as root or as the user the master runs as", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `gsuper -s status | head`
@@ -136,6 +140,16 @@ def _load(args: dict[str, Any], warn: bool = False) -> config.GsuperConfig:
     cfg = config.load(args["--config"])
     for warning in cfg.warnings if warn else ():  # e.g. an [include] glob that matches no file
         print(f"gsuper: warning: {warning}", file=sys.stderr)
+    return _located(cfg)
+
+
+def _located(cfg: config.GsuperConfig) -> config.GsuperConfig:
+    """The paths the running master uses, should the file's rundir or logdir have been edited."""
+    from gsuper import registry
+
+    cfg, note = registry.locate(cfg)
+    if note:
+        print(f"gsuper: warning: {note}", file=sys.stderr)
     return cfg
 
 
@@ -148,7 +162,7 @@ def _load_for_running(args: dict[str, Any]) -> config.GsuperConfig:
     try:
         return _load(args)
     except config.ConfigError as exc:
-        cfg = config.load_paths_only(args["--config"])
+        cfg = _located(config.load_paths_only(args["--config"]))
         if not daemon.running_pid(cfg.pidfile):
             raise
         print(f"gsuper: warning: {exc}; acting on the running master anyway", file=sys.stderr)
@@ -184,9 +198,21 @@ def _print_started(programs: dict[str, int]) -> None:
 # -- commands -----------------------------------------------------------------------------------
 
 
+def _preflight(cfg: config.GsuperConfig) -> None:
+    """Warnings to stderr; the first reason the config cannot run here is a Fail (exit 2)."""
+    from gsuper import preflight
+
+    for text in preflight.warnings(cfg):
+        print(f"gsuper: warning: {text}", file=sys.stderr)
+    problems = preflight.errors(cfg)
+    if problems:
+        raise Fail("; ".join(problems), 2)
+
+
 def cmd_check(args: dict[str, Any]) -> int:
     """Validate the configuration only."""
     cfg = _load(args, warn=True)
+    _preflight(cfg)
     workers = sum(p.numprocs for p in cfg.programs.values())
     print(f"{cfg.path}: configuration OK ({len(cfg.programs)} programs, {workers} workers, {len(cfg.groups)} groups)")
     return 0
@@ -211,6 +237,8 @@ def cmd_start(args: dict[str, Any]) -> int:
     cfg = _load(args, warn=True)
     programs, groups, names = _selection(args, cfg)
     pid = daemon.running_pid(cfg.pidfile)
+    if not pid:
+        _preflight(cfg)
     if pid:
         if not programs and not groups:
             raise Fail(f"already running (pid {pid})")
@@ -258,18 +286,36 @@ def cmd_stop(args: dict[str, Any]) -> int:
     except ValueError as exc:
         raise Fail(f"--timeout: {exc}", 2) from None
     _running(cfg)
-    _stop(cfg, programs, groups, names, timeout_s)
+    killed = _stop(cfg, programs, groups, names, timeout_s)
+    if killed:
+        # CONTRACT: "a worker would not stop" is exit 1; the requests they were in were cut off.
+        raise Fail(_killed_sentence(killed))
     return 0
 
 
-def _stop(cfg: config.GsuperConfig, programs: list[str], groups: list[str], names: list[str], timeout_s: float | None) -> None:
+def _killed_sentence(killed: int) -> str:
+    who, were = ("workers", "were") if killed != 1 else ("worker", "was")
+    return f"stopped, but {killed} {who} did not finish within the timeout and {were} killed (SIGKILL)"
+
+
+def _stop(cfg: config.GsuperConfig, programs: list[str], groups: list[str], names: list[str], timeout_s: float | None) -> int:
+    """Stop and wait with progress; return how many workers had to be SIGKILLed."""
     whole = not programs and not groups
-    _ask(cfg, {"cmd": "stop", "programs": programs, "groups": groups, "timeout": timeout_s})
+    ask_stop = {"cmd": "stop", "programs": programs, "groups": groups, "timeout": timeout_s, "wait": True}
+    pending = control.Pending(cfg.sockfile, ask_stop)
+    reply: dict[str, Any] | None = None
     # With only the paths known (a broken file), the master's own stop_timeout is unknown here.
     longest = timeout_s if timeout_s is not None else max((p.stop_timeout_s for p in cfg.programs.values()), default=600)
     deadline = time.monotonic() + longest + 15
     progress = _Progress()
     while True:
+        if pending.ready():
+            reply = pending.result()
+            if reply is not None and not reply.get("ok"):
+                progress.done()
+                raise Fail(str(reply.get("error", "the master refused the request")))
+            if reply is not None or not whole:
+                break
         try:
             ask = {"cmd": "status", "programs": programs, "groups": groups, "rss": False}
             status = control.request(cfg.sockfile, ask, 5)["status"]
@@ -281,15 +327,20 @@ def _stop(cfg: config.GsuperConfig, programs: list[str], groups: list[str], name
             left: list[dict[str, Any]] = []
         else:
             left = [w for w in status["workers"] if w["state"] in LIVE_STATE_NAMES]
-            if not left and not whole:
-                break
         progress.show(left)
         if time.monotonic() > deadline:
             progress.done()
             raise Fail(f"{len(left)} workers would not stop within {longest + 15:.0f}s")
         time.sleep(0.05)
     progress.done()
-    print("stopped" if whole else f"stopped {', '.join(names)}")
+    if reply is None and pending.ready():  # the master replied, then exited before we looked
+        reply = pending.result()
+    if reply is not None and whole:
+        daemon.wait_gone(cfg.pidfile, 10)  # the reply comes just before the master exits
+    killed = int(reply.get("killed") or 0) if reply else 0
+    if not killed:
+        print("stopped" if whole else f"stopped {', '.join(names)}")
+    return killed
 
 
 class _Progress:
@@ -338,6 +389,9 @@ def cmd_exit(args: dict[str, Any]) -> int:
             os.unlink(path)
         except OSError:
             pass
+    from gsuper import registry
+
+    registry.forget(cfg)
     print(f"killed master {pid} and {groups} worker process groups")
     return 0
 
@@ -353,7 +407,9 @@ def cmd_restart(args: dict[str, Any]) -> int:
             print(f"{name}: {n} workers replaced one at a time")
         return 0
     if daemon.running_pid(cfg.pidfile):
-        _stop(cfg, programs, groups, names, None)
+        killed = _stop(cfg, programs, groups, names, None)
+        if killed:  # the restart goes on: the start is what was asked for
+            print(f"gsuper: warning: {_killed_sentence(killed)}", file=sys.stderr)
     args = dict(args, **{"--foreground": False})
     return cmd_start(args)
 
@@ -374,7 +430,7 @@ def cmd_scale(args: dict[str, Any]) -> int:
     """Set a program's worker count now."""
     cfg = _load(args)
     name, sep, count = args["NAME=N"].partition("=")
-    if not sep or not count.strip().isdigit():
+    if not sep or not re.fullmatch(r"[0-9]+", count.strip()):  # not isdigit: "²" is a digit to it
         raise Fail(f"scale takes NAME=N, like member_1=4 (got {args['NAME=N']!r})", 2)
     if int(count) > config.MAX_WORKERS:
         limit = config.MAX_WORKERS

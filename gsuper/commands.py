@@ -7,8 +7,11 @@ reply goes out at once.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -29,6 +32,31 @@ log = logging.getLogger("gsuper")
 Reply = dict[str, Any]
 
 
+def _is_number(value: Any) -> bool:
+    # A JSON true is not a count: bool is an int subclass in Python, so it is ruled out by name.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: The type each request field must have when present: checked before any command runs.
+FIELD_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "timeout": ("a number of seconds from 0 (or null)", lambda v: v is None or (_is_number(v) and 0 <= v <= 1e7)),
+    "numprocs": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "program": ("a name", lambda v: isinstance(v, str)),
+    "rolling": ("true or false", lambda v: isinstance(v, bool)),
+    "rss": ("true or false", lambda v: isinstance(v, bool)),
+    "wait": ("true or false", lambda v: isinstance(v, bool)),
+}
+KILLED_EXIT = {"reason": "stopped", "code": -9}  # last_exit of a worker SIGKILLed at its stop timeout
+
+
+def check_types(request: dict[str, Any]) -> str | None:
+    """Why a field of the request has the wrong type, or None."""
+    for key, (what, ok) in FIELD_CHECKS.items():
+        if key in request and not ok(request[key]):
+            return f"{key} must be {what} (got {json.dumps(request[key])[:40]})"
+    return None
+
+
 class Commands:
     """Dispatches control requests to the master."""
 
@@ -41,6 +69,9 @@ class Commands:
         handler = getattr(self, f"cmd_{cmd}", None)
         if handler is None:
             return {"ok": False, "error": f"unknown command {cmd!r}"}
+        problem = check_types(request)
+        if problem:
+            return {"ok": False, "error": f"bad request: {problem}"}
         try:
             names = self._names(request)
         except config.ConfigError as exc:
@@ -51,9 +82,10 @@ class Commands:
     def _names(self, request: dict[str, Any]) -> list[str]:
         programs = request.get("programs") or []
         groups = request.get("groups") or []
-        if not isinstance(programs, list) or not isinstance(groups, list):
-            raise config.ConfigError("programs and groups must be lists")
-        selected = self.master.config.select([str(p) for p in programs], [str(g) for g in groups])
+        for key, value in (("programs", programs), ("groups", groups)):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise config.ConfigError(f"{key} must be a list of names")
+        selected = self.master.config.select(programs, groups)
         return [n for n in selected if n in self.master.programs]
 
     def cmd_ping(self, _request: dict[str, Any], _names: list[str]) -> Reply:
@@ -80,12 +112,31 @@ class Commands:
     def cmd_stop(self, request: dict[str, Any], names: list[str]) -> Reply:
         """Stop the selected programs, or everything and the master; replies at once."""
         timeout = request.get("timeout")
-        timeout_s = float(timeout) if isinstance(timeout, (int, float)) else None
-        if not request.get("programs") and not request.get("groups"):
+        timeout_s = None if timeout is None else float(timeout)
+        whole = not request.get("programs") and not request.get("groups")
+        if request.get("wait"):
+            # The reply comes once the stop is done, saying how many workers had to be SIGKILLed
+            # (the CLI shows progress meanwhile on other connections).
+            chosen = list(self.master.programs) if whole else names
+            before = self._live(chosen)
+            if whole:
+                self.master.shutdown(timeout_s)
+            else:
+                self.master.stop_programs(names, timeout_s)
+            killed = sum(1 for key, row in self._rows(chosen).items() if key in before and row["last_exit"] == KILLED_EXIT)
+            return {"ok": True, "shutdown": whole, "programs": names, "killed": killed}
+        if whole:
             gevent.spawn(self.master.shutdown, timeout_s)
             return {"ok": True, "shutdown": True}
         gevent.spawn(self.master.stop_programs, names, timeout_s)
         return {"ok": True, "shutdown": False, "programs": names}
+
+    def _rows(self, names: list[str]) -> dict[tuple[str, int], dict[str, Any]]:
+        programs = self.master.programs
+        return {(r["program"], r["index"]): r for n in names if n in programs for r in programs[n].snapshot()}
+
+    def _live(self, names: list[str]) -> set[tuple[str, int]]:
+        return {key for key, row in self._rows(names).items() if row["pid"]}
 
     def cmd_restart(self, request: dict[str, Any], names: list[str]) -> Reply:
         """Rolling restart of the selected programs (the plain restart is stop then start)."""

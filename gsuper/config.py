@@ -190,7 +190,10 @@ def parse_size(text: str, bare: str = "M") -> int:
     if not m:
         raise ValueError(f'"{text}" is not a size (use a number with K, M or G, like 50M)')
     unit = (m.group(2) or bare).upper()
-    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+    value = float(m.group(1)) * _SIZE_UNITS[unit]
+    if value >= 2**63:  # 400 digits parse as inf: a size past any machine is an error, not a crash
+        raise ValueError(f'"{text.strip()[:40]}" is too big for a size')
+    return int(value)
 
 
 def parse_duration(text: str) -> float:
@@ -200,7 +203,10 @@ def parse_duration(text: str) -> float:
         raise ValueError(f'"{text}" is negative (a duration is 0 or more seconds)')
     if not m:
         raise ValueError(f'"{text}" is not a duration (use seconds, or 500ms, 30s, 5m, 1h)')
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+    seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+    if seconds > 1e9:  # also the inf of 400 digits
+        raise ValueError(f'"{text.strip()[:40]}" is too long a duration')
+    return seconds
 
 
 def parse_signal(text: str) -> signal.Signals:
@@ -266,8 +272,16 @@ def _check_duration(value: Any) -> float:
     return float(_wrap(parse_duration, value))
 
 
+#: What stopsignal may be: a signal that asks a process to end (STOP would freeze the group
+#: until the SIGKILL, CONT or CHLD would do nothing).
+STOP_SIGNALS = frozenset({"TERM", "INT", "QUIT", "HUP", "USR1", "USR2", "KILL"})
+
+
 def _check_signame(value: Any) -> signal.Signals:
-    return _wrap(parse_signal, value)  # type: ignore[no-any-return]
+    sig: signal.Signals = _wrap(parse_signal, value)
+    if sig.name.removeprefix("SIG") not in STOP_SIGNALS:
+        raise _CheckError(f'"{value}" cannot stop a worker; use one of {", ".join(sorted(STOP_SIGNALS))}')
+    return sig
 
 
 def _check_text(value: Any) -> str | None:
@@ -491,23 +505,63 @@ class GsuperConfig:
 # Loading.
 
 
+MAX_CONFIG_BYTES = 4 << 20  # `check -c /dev/zero` must end: no configuration is this big
+
+
 def _read_lines(path: str) -> list[str]:
     try:
         with open(path, "rb") as fh:
-            raw = fh.read()
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such configuration file") from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a folder, not a configuration file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: is over {MAX_CONFIG_BYTES >> 20} MiB, too big to be a configuration file")
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8").removeprefix("\ufeff")  # the BOM Windows Notepad writes
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(f"{path}: line {line}: not valid UTF-8 text") from None
     # supervisor users write `;` comments; configobj only knows `#`.
-    return ["#" + ln.lstrip()[1:] if ln.lstrip().startswith(";") else ln for ln in text.splitlines()]
+    lines = ["#" + ln.lstrip()[1:] if ln.lstrip().startswith(";") else ln for ln in text.splitlines()]
+    return _inline_comments(path, lines)
+
+
+def _inline_comments(path: str, lines: list[str]) -> list[str]:
+    """Supervisor's inline comment (a `;` after whitespace, outside quotes) removed from each
+    value; a `#` outside quotes right after a non-blank character refused: configobj would cut
+    the value there (`http://host/#top`, `--queue=#jobs`) without a word."""
+    out, section = [], ""
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped.split("]", 1)[0].lstrip("[")
+        key, sep, value = line.partition("=")
+        if not sep or stripped.startswith(("#", "[")):
+            out.append(line)
+            continue
+        quote = ""
+        for i, ch in enumerate(value):
+            if quote:
+                quote = "" if ch == quote else quote
+            elif ch in "'\"":
+                quote = ch
+            elif ch == ";" and i and value[i - 1] in " \t":
+                line = key + sep + value[:i].rstrip()
+                break
+            elif ch == "#":
+                if i and not value[i - 1].isspace():
+                    name = key.strip()
+                    raise ConfigError(
+                        f"{path}: line {number}: [{section}] {name}: the value looks cut by a '#' comment "
+                        f"(a '#' right after {value[i - 1]!r}); quote the whole value, like {name} = '{value.strip()}'"
+                    )
+                break
+        out.append(line)
+    return out
 
 
 def _spec_for(section: str) -> tuple[str, str]:
@@ -517,6 +571,8 @@ def _spec_for(section: str) -> tuple[str, str]:
     if kind in ("program", "group", "hook") and name:
         if not valid_name(name):
             raise ValueError(f"[{section}]: the name {name!r} may hold only letters, digits, _ . -")
+        if kind == "program" and name == "gsuper":
+            raise ValueError(f"[{section}]: the name gsuper is the master's own (its log is gsuper.log); choose another")
         return kind, SECTION_SPECS[kind]
     raise ValueError(f"[{section}]: unknown section (use [gsuper], [program:NAME], [group:NAME], [hook:NAME] or [include])")
 
@@ -555,7 +611,7 @@ def _parse_file(path: str) -> Any:
 
 def load(path: str) -> GsuperConfig:
     """Read, validate and parse a configuration file (and the files it includes), or raise ConfigError."""
-    path = os.path.abspath(path)
+    path = os.path.realpath(path)  # reached through a link, it is still the same master's file
     try:
         raw, origin, warnings = gather(path, _parse_file, unquote)
     except IncludeError as exc:
@@ -576,8 +632,17 @@ def load(path: str) -> GsuperConfig:
     for section in raw.sections:
         for key in raw[section].scalars:
             check = spec[section].get(key, "")
-            if not any(check.startswith(c) for c in LIST_CHECKS) and isinstance(raw[section][key], str):
-                raw[section][key] = unquote(raw[section][key])
+            value = raw[section][key]
+            if not any(check.startswith(c) for c in LIST_CHECKS) and isinstance(value, str):
+                if key == "command" and _names_a_file(value, os.path.dirname(path), raw[section].get("directory")):
+                    # `command = "./my script.sh"`: quoted whole, no quote inside, and naming a file
+                    # as a whole: one word, as a shell reads it (escaped, as shlex.split reads it
+                    # back). Otherwise the quotes only protect a '#' and the words are split.
+                    raw[section][key] = re.sub(r"([\s\\])", r"\\\1", value.strip()[1:-1])
+                    continue
+                raw[section][key] = unquote(value)
+                if check.startswith("option("):  # supervisor takes True and DEBUG
+                    raw[section][key] = raw[section][key].lower()
 
     result = raw.validate(VALIDATOR, preserve_errors=True)
     if result is not True:
@@ -596,14 +661,29 @@ def load(path: str) -> GsuperConfig:
     return _build(path, raw, origin, tuple(warnings))
 
 
+def _names_a_file(value: str, base: str, directory: Any) -> bool:
+    text = value.strip()
+    inner = text[1:-1]
+    if len(text) < 2 or text[0] != text[-1] or text[0] not in "'\"" or any(q in inner for q in "'\"") or " " not in inner:
+        return False
+    folder = os.path.join(base, os.path.expanduser(unquote(directory))) if isinstance(directory, str) else base
+    return os.path.isfile(os.path.join(folder, os.path.expanduser(inner)))
+
+
 def load_paths_only(path: str) -> GsuperConfig:
     """Only rundir and logdir, read leniently from a file that does not validate.
 
     So that `stop`, `exit` and `status` still reach a running master after its file was broken
     by an edit. Raises ConfigError only when the file cannot be read at all.
     """
-    path = os.path.abspath(path)
-    lines = _read_lines(path)
+    path = os.path.realpath(path)
+    try:
+        lines = _read_lines(path)
+    except ConfigError:
+        if not os.path.isfile(path):
+            raise
+        with open(path, encoding="utf-8", errors="replace") as fh:  # a cut value must not hide the master
+            lines = fh.read(MAX_CONFIG_BYTES).splitlines()
     base = os.path.dirname(path)
     try:
         section = ConfigObj(lines, list_values=False, interpolation=False).get("gsuper", {})

@@ -17,6 +17,7 @@ from typing import Any
 
 MAX_REQUEST_BYTES = 1 << 20
 READ_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 32  # control connections served at once (each holds one descriptor)
 
 Dispatch = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -48,6 +49,40 @@ def _read_line(sock: Any) -> bytes | None:
     return None
 
 
+MAX_DEPTH = 4  # a request is an object of scalars and lists of names: nothing nests deeper
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a request may hold")
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def parse_request(line: bytes) -> tuple[dict[str, Any] | None, str]:
+    """A request object, or None and why: not JSON, NaN or Infinity, nested too deep, no cmd."""
+    try:
+        request = json.loads(line, parse_constant=_reject_constant)
+    except RecursionError:
+        return None, f"nested deeper than {MAX_DEPTH} levels"
+    except ValueError:
+        return None, "expected a JSON object with a cmd"
+    if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+        return None, "expected a JSON object with a cmd"
+    if _depth(request) > MAX_DEPTH:
+        return None, f"nested deeper than {MAX_DEPTH} levels"
+    return request, ""
+
+
 class ControlServer:
     """Serves requests on the control socket by calling `dispatch(request) -> reply`."""
 
@@ -70,9 +105,12 @@ class ControlServer:
             listener.bind(self.path)
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
+        # No chmod by path: the umask above already made it 0600, and a chmod would follow a link
+        # planted in its place between the bind and the chmod.
         listener.listen(128)
-        self._server = StreamServer(listener, self._handle)
+        # At most MAX_CONNECTIONS at once: past that, connections wait in the listen backlog and
+        # take no descriptor of the master's, so a flood cannot starve the workers' respawns.
+        self._server = StreamServer(listener, self._handle, spawn=MAX_CONNECTIONS)
         self._server.start()
 
     def close(self) -> None:
@@ -98,12 +136,9 @@ class ControlServer:
             if line is None:
                 self._reply(sock, {"ok": False, "error": "bad request: too big or not finished"})
                 return
-            try:
-                request = json.loads(line)
-            except ValueError:
-                request = None
-            if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-                self._reply(sock, {"ok": False, "error": "bad request: expected a JSON object with a cmd"})
+            request, problem = parse_request(line)
+            if request is None:
+                self._reply(sock, {"ok": False, "error": f"bad request: {problem}"})
                 return
             try:
                 reply = self.dispatch(request)
@@ -119,6 +154,49 @@ class ControlServer:
     @staticmethod
     def _reply(sock: Any, reply: dict[str, Any]) -> None:
         sock.sendall(json.dumps(reply).encode() + b"\n")
+
+
+class Pending:
+    """A request sent whose reply comes later (a stop that waits); the CLI polls `ready()`."""
+
+    def __init__(self, path: str, payload: dict[str, Any]) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10.0)
+        try:
+            self.sock.connect(path)
+            self.sock.sendall(json.dumps(payload).encode() + b"\n")
+        except (FileNotFoundError, ConnectionRefusedError):
+            self.sock.close()
+            raise ControlError(f"the master is not answering on {path}") from None
+        except OSError as exc:
+            self.sock.close()
+            raise ControlError(f"cannot talk to the master on {path}: {exc.strerror}") from None
+
+    def ready(self) -> bool:
+        """True when the reply (or the end of the connection) has arrived."""
+        import select
+
+        return bool(select.select([self.sock], [], [], 0)[0])
+
+    def result(self) -> dict[str, Any] | None:
+        """The reply, or None when the master closed the connection (it exited) without one."""
+        buf = b""
+        try:
+            while not buf.endswith(b"\n"):
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        except OSError:
+            pass
+        finally:
+            self.sock.close()
+        try:
+            reply = json.loads(buf) if buf else None
+        except ValueError:
+            return None
+        return reply if isinstance(reply, dict) else None
 
 
 def request(path: str, payload: dict[str, Any], timeout_s: float | None = 10.0) -> dict[str, Any]:

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gsuper import fsafe
+
 
 class AlreadyRunning(Exception):
     """Another master holds the pid file lock."""
@@ -39,7 +41,7 @@ class PidFile:
         """
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         stale = os.path.exists(self.path)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = fsafe.open_rdwr(self.path)  # never through a link planted in rundir
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -113,7 +115,7 @@ def detach(stdio_path: str = os.devnull) -> None:
         os._exit(0)
     os.umask(0o022)
     null = os.open(os.devnull, os.O_RDONLY)
-    out = os.open(stdio_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    out = fsafe.open_append(stdio_path)  # never through a link planted in logdir
     os.dup2(null, 0)
     os.dup2(out, 1)
     os.dup2(out, 2)
@@ -123,6 +125,8 @@ def detach(stdio_path: str = os.devnull) -> None:
 
 def describe(exc: BaseException) -> str:
     """One sentence for an error met while starting: an OS error names the path and the cause."""
+    if isinstance(exc, OSError) and exc.errno == errno.ELOOP and exc.filename:
+        return f"{exc.filename} is a symbolic link, which the master never follows; remove it"
     if isinstance(exc, OSError) and exc.strerror:
         where = f" {exc.filename}" if exc.filename else ""
         return f"cannot use{where}: {exc.strerror}"

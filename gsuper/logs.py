@@ -7,7 +7,6 @@ no greenlet), so a worker that prints a lot never blocks and never stalls the ma
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sys
@@ -16,6 +15,8 @@ from collections.abc import Callable
 
 import gevent
 import gevent.event
+
+from gsuper import fsafe
 
 CHUNK = 65536
 
@@ -36,9 +37,8 @@ class LogFile:
     def _open(self) -> bool:
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self._fd = fsafe.open_append(self.path)  # O_NOFOLLOW: a planted link is an error
             self._size = os.fstat(self._fd).st_size
-            self.last_error = None
             return True
         except OSError as exc:
             self._fail(exc)
@@ -71,18 +71,18 @@ class LogFile:
                 n = os.write(self._fd, view)
                 view = view[n:]
             self._size += len(data)
+            self.last_error = None  # cleared by a write that worked, so an error is told once
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EIO, errno.EBADF, errno.EDQUOT, errno.EROFS):
-                self._fail(exc)
-            else:
-                raise
+            # Every write error (ENOSPC, EFBIG past RLIMIT_FSIZE, EIO ...): reported once, the
+            # data dropped, the file retried at most once a second; never a raise or a busy loop.
+            self._fail(exc)
 
     def rotate(self) -> None:
         """NAME.log -> NAME.log.1 -> ... -> NAME.log.N (the oldest is dropped)."""
         self.close()
         try:
             if self.backups <= 0:
-                os.truncate(self.path, 0)
+                os.close(fsafe.open_truncate(self.path))  # os.truncate would follow a link
             else:
                 for i in range(self.backups - 1, 0, -1):
                     src = f"{self.path}.{i}"
@@ -209,6 +209,29 @@ class PipeReader:
             self.on_lines(data)
         except Exception:  # noqa: BLE001 - a callback's bug must not kill the hub
             logging.getLogger("gsuper").exception("reading a worker's pipe")
+
+    def drain_now(self) -> None:
+        """Read what is in the pipe now, without waiting for an EOF, then close.
+
+        After the writer exited, everything it wrote is already in the pipe; the EOF may never
+        come while its children hold the write end (a shell script's `sleep`), so it is not
+        waited for.
+        """
+        while not self.eof.is_set():
+            try:
+                chunk = os.read(self.fd, CHUNK)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            data = self._partial + chunk
+            cut = data.rfind(b"\n") + 1
+            self._partial = data[cut:]
+            if cut:
+                self._deliver(data[:cut])
+        self.close()
 
     def close(self) -> None:
         """Stop watching, pass on what is left, close the fd, set `eof`."""

@@ -16,6 +16,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import gevent
@@ -23,7 +24,7 @@ import gevent.event
 import gevent.queue
 import psutil
 
-from gsuper import __version__, config, osutil, record, runners
+from gsuper import __version__, config, osutil, preflight, record, registry, runners
 from gsuper.autoscale import BacklogCheck, program_row
 from gsuper.commands import Commands, Refused
 from gsuper.control import ControlServer
@@ -41,6 +42,14 @@ from gsuper.web.server import MasterSource, WebServer
 log = logging.getLogger("gsuper")
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1)
+#: Signals the master does not use whose default action would end it (and every worker with it):
+#: each is logged and otherwise ignored. Faults (SEGV, BUS, ILL, FPE, ABRT, TRAP, SYS) keep their
+#: default: they mean the master itself is broken. PIPE and XFSZ are ignored by Python already.
+STRAY_SIGNALS = tuple(
+    getattr(signal, name)
+    for name in ("SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR", "SIGSTKFLT", "SIGXCPU")
+    if hasattr(signal, name)
+) + tuple(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
 RECORD_DELAY_S = 0.05  # changes within this time share one rewrite of the takeover record
 STATUS_RSS_MAX_AGE_S = 1.0  # status shows RSS samples up to this old
 
@@ -89,12 +98,21 @@ class Master:
     def run(self, notify: Notify) -> int:
         """Take the pid file, start the programs, serve until stopped. Returns the exit code."""
         setup_master_logging(self.master_log, self.config.loglevel, self.foreground)
+        problems = preflight.errors(self.config)
+        if problems:  # the CLI checked too; the folders may have changed since
+            notify({"ok": False, "error": "; ".join(problems)})
+            return 1
+        preflight.raise_nofile()
         try:
             stale = self.pidfile.acquire()
         except Exception as exc:  # noqa: BLE001 - AlreadyRunning or an OS error, told to the CLI
             notify({"ok": False, "error": describe(exc)})
             return 1
         try:
+            try:
+                registry.record(self.config)  # so the CLI finds us even if rundir is edited
+            except OSError as exc:
+                log.warning("cannot record this master in %s: %s", registry.folder(), exc.strerror or exc)
             osutil.no_inherited_fds()
             osutil.set_title(f"gsuper: master {self.config.path}")
             osutil.become_subreaper()
@@ -103,7 +121,7 @@ class Master:
             self.control.start()
             self.hooks = HookRunner(self.config.hooks, self.events)
             self._serve_http()
-            for sig in HANDLED_SIGNALS:
+            for sig in HANDLED_SIGNALS + STRAY_SIGNALS:
                 gevent.signal_handler(sig, self._signals.put_nowait, sig)
             gevent.spawn(self._signal_loop)
             gevent.spawn(self.monitor.run_forever, gevent.sleep)
@@ -143,6 +161,7 @@ class Master:
                 self.hooks.close()
             self.control.close()
             _remove(self.config.workersfile)
+            registry.forget(self.config)
             self.pidfile.release()
             log.info("master %d exited", os.getpid())
 
@@ -206,6 +225,9 @@ class Master:
     def _signal_loop(self) -> None:
         while True:
             sig = self._signals.get()
+            if sig not in HANDLED_SIGNALS:
+                log.warning("received signal %d (%s), which the master does not use: ignored", sig, signal.strsignal(sig))
+                continue
             name = signal.Signals(sig).name.lower()
             log.info("received %s", name.upper())
             handler = getattr(self, f"handle_{name}")
@@ -307,6 +329,7 @@ class Master:
             new = config.load(self.config.path)
         except config.ConfigError as exc:
             return {"ok": False, "error": str(exc), "config_error": True}
+        new, moved = _pin_folders(self.config, new)
         try:
             self._exclusive("reload")
         except Refused:
@@ -318,6 +341,7 @@ class Master:
             self.backlog.after_reload(self.programs)
         finally:
             self._busy = False
+        changes = moved + changes
         self.events.emit(Event("reloaded", data={"changes": changes, "errors": errors}))
         return {"ok": True, "changes": changes, "errors": errors}
 
@@ -382,6 +406,17 @@ class Master:
                 settings = runners.settings(w.config, w.index)
                 paths.update(p for p in (settings.logfile, settings.stderr_logfile) if p)
         return paths
+
+
+def _pin_folders(old: config.GsuperConfig, new: config.GsuperConfig) -> tuple[config.GsuperConfig, list[str]]:
+    """A running master keeps its rundir and logdir (its pid file, socket and open logs are
+    there); an edit of either takes effect at the next restart, and the reload says so."""
+    notes = [
+        f"{key} changed in the file ({getattr(new, key)}): the master keeps {getattr(old, key)} until the next restart"
+        for key in ("rundir", "logdir")
+        if getattr(new, key) != getattr(old, key)
+    ]
+    return replace(new, rundir=old.rundir, logdir=old.logdir), notes
 
 
 def _announce_leftovers(count: int) -> None:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 10.0
+TRANSIENT_RETRY_S = 1.0  # the pause before retrying a spawn that ran out of descriptors
 #: A worker up at least max(startsecs, this) seconds has started; a quicker death is a failed start.
 MIN_UPTIME_S = 1.0
 CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGFPE, signal.SIGILL})
@@ -90,6 +91,8 @@ class Exit:
     stopping: bool = False  # the master was stopping the slot
     recycled: ExitReason | None = None  # the master was replacing the process (memory_limit, ...)
     reported: str | None = None  # the reason the runner reported in its `exit` event
+    served: int | None = None  # requests served in this life (None: the program reports none)
+    transient: bool = False  # could not be spawned for want of descriptors (EMFILE, ENFILE)
 
 
 @dataclass(frozen=True)
@@ -132,9 +135,23 @@ def classify(exit: Exit) -> ExitReason:
 def decide(exit: Exit, rules: Rules, failures: int) -> Decision:
     """Apply the restart policy to one exit; `failures` counts the failed starts before it."""
     reason = classify(exit)
+    if reason is ExitReason.CRASHED and exit.code is not None and exit.code > 0 and exit.code in rules.exitcodes:
+        reason = ExitReason.EXITED  # an exit code the program declared expected is no crash
     if exit.stopping:
         return Decision(reason, Action.REST, failures)
+    if exit.transient:
+        # Out of descriptors is the machine's state, not the program's fault: retried after a
+        # pause, never counted toward FATAL.
+        return Decision(reason, Action.BACKOFF, failures, TRANSIENT_RETRY_S, counted=False)
     loop_run = rules.loop_runs and exit.code == 0
+    if reason is ExitReason.MEMORY_LIMIT and (
+        (exit.served is not None and exit.served <= 1) or (exit.served is None and exit.uptime_s < rules.started_after_s)
+    ):
+        # Over the limit at its first check (the runners check after each request, so after at
+        # most one), or, for a program that reports no requests, within startsecs: the limit is
+        # below what it needs at rest, and respawning at once would be a respawn storm (89 a
+        # second for PHP at 10M). A failed start: backoff, then FATAL.
+        return _failed_start(reason, rules, failures)
     if reason in RECYCLES or loop_run:
         # A recycle, or one finished run of a loop-mode command: at once, never a failure.
         delay = rules.usleep_s if loop_run else 0.0
@@ -145,6 +162,10 @@ def decide(exit: Exit, rules: Rules, failures: int) -> Decision:
         return Decision(reason, Action.RESPAWN if restart else Action.REST, 0)
     if not restart and expected:
         return Decision(reason, Action.REST, failures)
+    return _failed_start(reason, rules, failures)
+
+
+def _failed_start(reason: ExitReason, rules: Rules, failures: int) -> Decision:
     failures += 1
     if failures > rules.startretries:
         return Decision(reason, Action.FATAL, failures)

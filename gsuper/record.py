@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from gsuper import fsafe
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -43,10 +45,7 @@ def write(path: str, master: int, master_started: float, entries: Iterable[Entry
         "master_started": master_started,
         "workers": [{"pgid": e.pgid, "stop_timeout_s": e.stop_timeout_s} for e in entries],
     }
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh)
-    os.replace(tmp, path)
+    fsafe.write_atomic(path, json.dumps(doc).encode())  # O_EXCL temp file: no planted link is followed
 
 
 def read(path: str) -> Record | None:

@@ -34,6 +34,49 @@ _RESET = (
 )  # fmt: skip
 
 
+#: Pids of the processes :func:`spawn` started that have not exited: the master's own workers.
+_LIVE: set[int] = set()
+
+
+def end_strays(program: str, index: int) -> int:
+    """SIGKILL what a slot's earlier processes left behind outside their process group.
+
+    A classic daemon double-forks and calls setsid: it leaves the worker's group and session,
+    so the group kill at the worker's exit misses it. The master is a subreaper, so such a
+    process arrives as a direct child of the master; it is told from the master's own workers
+    (their pids are known) by the environment it inherited (`GSUPER_PROGRAM`, `GSUPER_WORKER`,
+    `GSUPER_STATUS_FD`, which hooks do not get). Returns how many were ended.
+    """
+    children: list[int] = []
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as fh:
+                children.extend(int(p) for p in fh.read().split())
+    except OSError:  # no CONFIG_PROC_CHILDREN: nothing to go on
+        return 0
+    wanted = {b"GSUPER_PROGRAM": os.fsencode(program), b"GSUPER_WORKER": str(index).encode()}
+    ended = 0
+    for pid in children:
+        if pid in _LIVE:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                env = dict(kv.split(b"=", 1) for kv in fh.read().split(b"\0") if b"=" in kv)
+        except OSError:
+            continue
+        if b"GSUPER_STATUS_FD" not in env or any(env.get(k) != v for k, v in wanted.items()):
+            continue
+        try:
+            pgid = os.getpgid(pid)
+            if pgid != os.getpgid(0):  # its own group (it called setsid): everything in it
+                os.killpg(pgid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+            ended += 1
+        except OSError:
+            continue
+    return ended
+
+
 class Child:
     """A spawned process: its pid, and its exit status once it is gone (-N: killed by signal N)."""
 
@@ -48,6 +91,7 @@ class Child:
         status = self._watcher.rstatus
         self._watcher.stop()
         self.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        _LIVE.discard(self.pid)
         self._exited.set()
 
     def wait(self, timeout: float | None = None) -> int | None:
@@ -114,6 +158,7 @@ def spawn(
         os.chdir(previous)
         for fd in keep_fds:
             os.set_inheritable(fd, False)
+    _LIVE.add(pid)
     return Child(pid)
 
 
@@ -130,8 +175,10 @@ class WorkerProcess:
         page: guard.BusyPage | None = None,
         lifetime_s: float = 0.0,
         spawned_ns: int = 0,
+        slot: tuple[str, int] = ("", -1),
     ) -> None:
         self.child = child
+        self.slot = slot  # (program, index): whose strays to end
         self.pid = child.pid
         self._output = output
         self._status = status
@@ -156,16 +203,23 @@ class WorkerProcess:
         return self.child.wait(timeout)
 
     def drain(self, timeout_s: float) -> None:
-        """After the exit: let the status reader take the runner's last report (its exit reason);
-        the busy page is no longer needed."""
-        self._status.eof.wait(timeout=timeout_s)
-        if self._page is not None:
+        """After the exit: take the runner's last report (its exit reason) from the status pipe.
+
+        What the process wrote is in the pipe already, so it is read at once; waiting for an EOF
+        (up to `timeout_s`) would wait in vain while the worker's children hold the pipe.
+        """
+        self._status.drain_now()
+        if self._page is not None:  # the busy page is no longer needed
             self._page.close()
             self._page = None
 
     def signal_group(self, sig: int) -> None:
         """Send `sig` to the process group the worker leads. Raises OSError (ESRCH: gone)."""
         os.killpg(self.pid, sig)
+
+    def end_strays(self) -> int:
+        """After the exit: end what the worker left outside its group (:func:`end_strays`)."""
+        return end_strays(*self.slot)
 
 
 def launch_worker(
@@ -188,17 +242,31 @@ def launch_worker(
     # `check` saw every folder below numprocs; one that differs per worker may be missing above it.
     if config.per_worker and not os.path.isdir(settings.directory):
         raise OSError(errno.ENOENT, f"no such folder {settings.directory}")
+    # A daemon an earlier life double-forked may only have arrived since that life's exit.
+    end_strays(config.name, index)
     lifetime_s = guard.draw_lifetime(config)
     spawned_ns = time.monotonic_ns()
     deadline_ns = spawned_ns + int(lifetime_s * 1e9) if lifetime_s and guard.runner_enforces_lifetime(config) else 0
-    page = guard.BusyPage() if guard.has_busy_page(config) else None
-    busy_fd = page.fd if page is not None else None
-    status_r, status_w = os.pipe()
-    out_r, out_w = os.pipe()
+    page: guard.BusyPage | None = None
+    opened: list[int] = []
     err_r: int | None = None
     err_w: int | None = None
-    if on_errors is not None:
-        err_r, err_w = os.pipe()
+    try:
+        page = guard.BusyPage() if guard.has_busy_page(config) else None
+        status_r, status_w = os.pipe()
+        opened += (status_r, status_w)
+        out_r, out_w = os.pipe()
+        opened += (out_r, out_w)
+        if on_errors is not None:
+            err_r, err_w = os.pipe()
+            opened += (err_r, err_w)
+    except OSError:  # EMFILE half-way: nothing made so far may leak, or every retry loses more
+        for fd in opened:
+            os.close(fd)
+        if page is not None:
+            page.close()
+        raise
+    busy_fd = page.fd if page is not None else None
     readers = [fd for fd in (status_r, out_r, err_r) if fd is not None]
     for fd in readers:
         os.set_blocking(fd, False)
@@ -221,4 +289,4 @@ def launch_worker(
         page.close_fd()  # the worker has its own; the mapping stays
     errors = PipeReader(err_r, on_errors) if err_r is not None and on_errors is not None else None
     output, status = PipeReader(out_r, on_output), PipeReader(status_r, on_reports, STATUS_LINE_MAX)
-    return WorkerProcess(child, output, status, errors, page, lifetime_s, spawned_ns)
+    return WorkerProcess(child, output, status, errors, page, lifetime_s, spawned_ns, (config.name, index))

@@ -37,7 +37,7 @@ S = ProcessState
 log = logging.getLogger("gsuper")
 
 REPORTING_RUNNERS = ("php", "python")  # they report ready after their bootstrap
-DRAIN_S = 0.2  # how long an exit waits for the runner's last report to be read
+DRAIN_S = 0.2  # the most an exit may wait for the runner's last report (the real spawner reads at once)
 
 
 class Process(Protocol):
@@ -57,6 +57,9 @@ class Process(Protocol):
 
     def signal_group(self, sig: int) -> None:
         """Signal the process group the worker leads (raises OSError)."""
+
+    def end_strays(self) -> int:
+        """After the exit, end what the worker left outside its group (double-forked daemons)."""
 
     @property
     def lifetime_s(self) -> float:
@@ -147,6 +150,7 @@ class Worker:
         self._recycle_reason: ExitReason | None = None
         self._reported_exit: str | None = None
         self._failures = 0
+        self._out_of_fds = False  # the last spawn failed for want of descriptors (transient)
         self._loop: gevent.Greenlet | None = None
         self._pipe_busy: guard.Busy | None = None  # a request an exec program said it began
         self._request_killed = False
@@ -291,7 +295,7 @@ class Worker:
         proc = self._spawn()
         self.spawned.set()
         if proc is None:
-            return Exit(None)
+            return Exit(None, transient=self._out_of_fds)
         if proc.wait(self.config.startsecs_s) is None:
             self._startsecs_passed()
         code = proc.wait()
@@ -302,13 +306,18 @@ class Worker:
             proc.signal_group(signal.SIGKILL)
         except OSError:
             pass
-        return Exit(int(code), self.clock.now() - self.started_at, self._stopping, self._recycle_reason, self._reported_exit)
+        if proc.end_strays():
+            log.warning("%s: ended processes the worker left outside its group (a daemon that forked away)", self.name)
+        served = self.requests if self.config.runner in REPORTING_RUNNERS else None
+        uptime = self.clock.now() - self.started_at
+        return Exit(int(code), uptime, self._stopping, self._recycle_reason, self._reported_exit, served)
 
     def _spawn(self) -> Process | None:
         config = self.config
         self._reported_exit = None
         self._recycle_reason = None
         self._pipe_busy, self._request_killed = None, False
+        self._out_of_fds = False
         self.up.clear()
         max_request = config.max_request
         if max_request and config.max_request_jitter:
@@ -322,8 +331,13 @@ class Worker:
                 on_errors = output_to_log(self.index, err)
                 proc = self.spawner(config, self.index, max_request, on_output, self._on_reports, on_errors=on_errors)
         except OSError as exc:
-            self.last_error = f"cannot start {runners.argv_for(config, self.index)[0]}: {exc.strerror}"
-            log.error("%s: %s", self.name, self.last_error)
+            self._out_of_fds = exc.errno in (errno.EMFILE, errno.ENFILE)
+            if self._out_of_fds:
+                self.last_error = "too many open files"
+                log.error("%s: cannot spawn: too many open files in the master (%s); retrying", self.name, exc.strerror)
+            else:
+                self.last_error = f"cannot start {runners.argv_for(config, self.index)[0]}: {exc.strerror}"
+                log.error("%s: %s", self.name, self.last_error)
             return None
         self.proc, self.pid = proc, proc.pid
         self.started_at = self.clock.now()
@@ -369,24 +383,34 @@ class Worker:
         if self.state is S.RUNNING:  # startsecs < 1 had already promoted it
             self._transition(S.EXITED)
         self._transition(S.BACKOFF)
+        if decision.reason is ExitReason.MEMORY_LIMIT:
+            self.last_error = (
+                f"over memory_limit ({self.config.memory_limit_bytes >> 20}M) before serving a request: "
+                "the limit is below what the program needs at rest"
+            )
+            log.warning("%s: %s", self.name, self.last_error)
         if decision.action is Action.FATAL:
             self.last_error = self.last_error or f"exited {decision.failures} times within {rules.started_after_s}s of starting"
             log.error("%s: FATAL after %d failed starts in a row", self.name, decision.failures)
             self._transition(S.FATAL)
             self._wanted = False
             return False
-        log.info(
-            "%s: failed start %d of %d, retry in %.1fs", self.name, decision.failures, rules.startretries + 1, decision.delay_s
-        )
+        if not exit.transient:
+            log.info(
+                "%s: failed start %d of %d, retry in %.1fs",
+                self.name, decision.failures, rules.startretries + 1, decision.delay_s,
+            )  # fmt: skip
         self._wake.clear()
         self.clock.wait(self._wake, decision.delay_s)
         if not self._wanted:
             self._transition(S.STOPPED)
             return False
-        self.restarts += 1
+        self.restarts += decision.counted  # a transient retry (no descriptors) spawned nothing
         return True
 
     def _record_exit(self, exit: Exit, decision: Decision) -> None:
+        if exit.transient:  # no process existed: the last real exit stays what status shows
+            return
         reason = decision.reason.value
         self.last_exit = {"reason": reason, "code": exit.code}
         if exit.code is None:

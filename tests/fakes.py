@@ -7,6 +7,7 @@ it does in the master, with every timed wait taken on virtual time.
 
 from __future__ import annotations
 
+import errno
 import functools
 import itertools
 import os
@@ -109,6 +110,9 @@ class FakeProcess:
     def drain(self, timeout_s: float) -> None:
         return None
 
+    def end_strays(self) -> int:
+        return 0
+
     def signal_group(self, sig: int) -> None:
         self.signals.append(sig)
         if self._code is not None:
@@ -126,17 +130,20 @@ class FakeProcess:
 class FakeSpawner:
     """Hands out FakeProcesses following `lives` (the last one repeats); records every spawn."""
 
-    def __init__(self, clock: FakeClock, *lives: Life, fail: Callable[[int], bool] | None = None) -> None:
+    def __init__(
+        self, clock: FakeClock, *lives: Life, fail: Callable[[int], bool] | None = None, fail_errno: int = errno.ENOENT
+    ) -> None:
         self.clock = clock
         self.lives = list(lives) or [Life()]
-        self.fail = fail  # fail(n) -> True: spawn number n raises OSError
+        self.fail = fail  # fail(n) -> True: spawn number n raises OSError(fail_errno)
+        self.fail_errno = fail_errno
         self.spawned: list[FakeProcess] = []
         self.calls = 0
 
     def __call__(self, config: ProgramConfig, index: int, max_request: int, on_output: Any, on_reports: Any) -> FakeProcess:
         self.calls += 1
         if self.fail is not None and self.fail(self.calls):
-            raise OSError(24, "Too many open files")
+            raise OSError(self.fail_errno, os.strerror(self.fail_errno))
         life = self.lives[min(len(self.spawned), len(self.lives) - 1)]
         proc = FakeProcess(self.clock, life)
         self.spawned.append(proc)

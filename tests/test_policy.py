@@ -30,9 +30,20 @@ DEFAULT = Rules()  # autorestart true, exitcodes 0, startsecs 1, startretries 3
         (Exit(1, 0.5), Rules(startsecs_s=0.0), 0, R.CRASHED, Action.BACKOFF, 1, 0.1),
         # A recycle is respawned at once and never counts as a failure, however soon.
         (Exit(0, 0.01, reported="max_request"), DEFAULT, 2, R.MAX_REQUEST, Action.RESPAWN, 0, 0.0),
-        (Exit(0, 0.01, reported="memory_limit"), DEFAULT, 0, R.MEMORY_LIMIT, Action.RESPAWN, 0, 0.0),
+        (Exit(0, 0.01, reported="memory_limit", served=3), DEFAULT, 0, R.MEMORY_LIMIT, Action.RESPAWN, 0, 0.0),
         (Exit(0, 0.2, reported="max_lifetime"), DEFAULT, 0, R.MAX_LIFETIME, Action.RESPAWN, 0, 0.0),
-        (Exit(-signal.SIGTERM, 0.3, recycled=R.MEMORY_LIMIT), DEFAULT, 1, R.MEMORY_LIMIT, Action.RESPAWN, 0, 0.0),
+        (Exit(-signal.SIGTERM, 0.3, recycled=R.MEMORY_LIMIT, served=5), DEFAULT, 1, R.MEMORY_LIMIT, Action.RESPAWN, 0, 0.0),
+        (Exit(-signal.SIGTERM, 9.0, recycled=R.MEMORY_LIMIT), DEFAULT, 1, R.MEMORY_LIMIT, Action.RESPAWN, 0, 0.0),
+        # ... but over memory_limit at its first check (after at most one request; or, reporting
+        # none, within startsecs) is a failed start: the limit is below the program's resting size.
+        (Exit(0, 5.0, reported="memory_limit", served=0), DEFAULT, 0, R.MEMORY_LIMIT, Action.BACKOFF, 1, 0.1),
+        (Exit(0, 0.05, reported="memory_limit", served=1), DEFAULT, 1, R.MEMORY_LIMIT, Action.BACKOFF, 2, 0.2),
+        (Exit(-signal.SIGTERM, 0.3, recycled=R.MEMORY_LIMIT), DEFAULT, 1, R.MEMORY_LIMIT, Action.BACKOFF, 2, 0.2),
+        (Exit(0, 0.2, reported="memory_limit", served=0), DEFAULT, 3, R.MEMORY_LIMIT, Action.FATAL, 4, 0.0),
+        # Out of descriptors at spawn: retried after 1 s, never counted toward FATAL.
+        (Exit(None, transient=True), DEFAULT, 3, R.CRASHED, Action.BACKOFF, 3, 1.0),
+        # An exit code listed in exitcodes is `exited`, not `crashed`.
+        (Exit(2, 5.0, stopping=False), Rules(exitcodes=(0, 2)), 0, R.EXITED, Action.RESPAWN, 0, 0.0),
         (Exit(-signal.SIGKILL, 0.3, recycled=R.REQUEST_TIMEOUT), DEFAULT, 0, R.REQUEST_TIMEOUT, Action.RESPAWN, 0, 0.0),
         # A reported recycle counts only with a clean exit code.
         (Exit(1, 0.01, reported="max_request"), DEFAULT, 0, R.CRASHED, Action.BACKOFF, 1, 0.1),
@@ -52,7 +63,7 @@ DEFAULT = Rules()  # autorestart true, exitcodes 0, startsecs 1, startretries 3
         (Exit(0, 5.0), Rules(autorestart="false"), 0, R.EXITED, Action.REST, 0, 0.0),
         (Exit(0, 5.0), Rules(autorestart="unexpected"), 0, R.EXITED, Action.REST, 0, 0.0),
         (Exit(2, 5.0), Rules(autorestart="unexpected"), 0, R.CRASHED, Action.RESPAWN, 0, 0.0),
-        (Exit(2, 5.0), Rules(autorestart="unexpected", exitcodes=(0, 2)), 0, R.CRASHED, Action.REST, 0, 0.0),
+        (Exit(2, 5.0), Rules(autorestart="unexpected", exitcodes=(0, 2)), 0, R.EXITED, Action.REST, 0, 0.0),
         # ... and an expected quick exit that is not to be restarted is no failure either.
         (Exit(0, 0.1), Rules(autorestart="false"), 1, R.EXITED, Action.REST, 1, 0.0),
         (Exit(1, 0.1), Rules(autorestart="false"), 0, R.CRASHED, Action.BACKOFF, 1, 0.1),

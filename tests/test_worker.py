@@ -6,6 +6,7 @@ at the level of the slot, in milliseconds.
 
 from __future__ import annotations
 
+import errno
 import signal
 from typing import Any
 
@@ -27,9 +28,11 @@ def until(condition: Any, what: str, steps: int = 2000) -> None:
     pytest.fail(f"never happened: {what}")
 
 
-def make(*lives: Life, fail: Any = None, **config: Any) -> tuple[Worker, FakeSpawner, FakeClock, list[Event]]:
+def make(
+    *lives: Life, fail: Any = None, fail_errno: int = errno.ENOENT, **config: Any
+) -> tuple[Worker, FakeSpawner, FakeClock, list[Event]]:
     clock = FakeClock()
-    spawner = FakeSpawner(clock, *lives, fail=fail)
+    spawner = FakeSpawner(clock, *lives, fail=fail, fail_errno=fail_errno)
     events = EventStream()
     seen: list[Event] = []
     events.subscribe(seen.append)
@@ -104,7 +107,21 @@ def test_a_spawn_that_fails_is_a_failed_start_with_the_reason() -> None:
     w.start()
     until(lambda: len(spawner.spawned) == 1, "the third try spawned")
     assert spawner.calls == 3 and w.restarts == 2
-    assert w.last_error is not None and "Too many open files" in w.last_error
+    assert w.last_error is not None and "No such file or directory" in w.last_error
+    w.stop()
+
+
+def test_out_of_descriptors_at_spawn_is_retried_and_never_fatal() -> None:
+    # EMFILE on 10 spawns in a row (startretries is 3): a transient error, retried each second,
+    # never FATAL, not counted as a restart; the reason is in last_error meanwhile.
+    w, spawner, clock, seen = make(fail=lambda n: n <= 10, fail_errno=errno.EMFILE)
+    t0 = clock.now()
+    w.start()
+    until(lambda: spawner.calls >= 3, "a few retries")
+    assert w.last_error == "too many open files" and w.state.value == "BACKOFF"
+    until(lambda: len(spawner.spawned) == 1, "the eleventh try spawned")
+    assert "FATAL" not in states(seen) and w.restarts == 0 and w.last_exit is None
+    assert clock.now() - t0 >= 10.0  # one second between two tries
     w.stop()
 
 
