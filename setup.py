@@ -23,7 +23,7 @@ setup(
     ],
     extras_require={
         # setuptools and wheel: tests/test_packaging.py builds the package without a network.
-        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "redis>=4", "setuptools>=61", "wheel"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "redis>=4", "setuptools>=61", "wheel", "pyyaml>=6"],
         "dev": ["ruff>=0.5", "mypy>=1.8", "types-psutil"],
     },
     entry_points={"console_scripts": ["gsuper = gsuper.cli:main"]},
