@@ -233,7 +233,9 @@ def output_to_log(index: int, logfile: LogFile) -> Callable[[bytes], None]:
 
     def write(data: bytes) -> None:
         prefix = timestamp() + tag
-        logfile.write(prefix + data[:-1].replace(b"\n", b"\n" + prefix) + b"\n")
+        # A piece of an over-long line comes without its newline: it keeps its last byte.
+        body = data[:-1] if data.endswith(b"\n") else data
+        logfile.write(prefix + body.replace(b"\n", b"\n" + prefix) + b"\n")
 
     return write
 

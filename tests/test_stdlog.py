@@ -254,3 +254,15 @@ def test_a_gone_socket_is_not_an_error(tmp_path, caplog):
         assert notifier.send("READY=1") is False
     assert len([r for r in caplog.records if "cannot notify systemd" in r.message]) == 1
     notifier.close()
+
+
+def test_a_piece_of_an_over_long_line_keeps_its_last_byte_in_a_log_file(tmp_path):
+    from gsuper.logs import LogFile, output_to_log
+
+    log = LogFile(str(tmp_path / "p.log"), 0, 0)
+    write = output_to_log(1, log)
+    write(b"abc")  # what PipeReader passes on of a line longer than its max_line
+    write(b"def\nnext\n")
+    log.close()
+    lines = (tmp_path / "p.log").read_bytes().splitlines()
+    assert [ln.split(b" [1] ", 1)[1] for ln in lines] == [b"abc", b"def", b"next"]
