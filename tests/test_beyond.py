@@ -318,3 +318,17 @@ def test_check_warns_when_stop_timeout_exceeds_the_grace_period(gs, monkeypatch)
     check = gs.run("-s", "check")
     assert check.returncode == 0 and "configuration OK" in check.stdout
     assert "[program:long] stop_timeout: 3600s is above GSUPER_GRACE_SECONDS=30" in check.stderr
+
+
+def test_log_format_json_in_the_master_log_file(gs):
+    gs.write("[gsuper]\nlog_format = json\n[program:once]\ncommand = sh -c 'echo out; exec sleep 1000'\n")
+    gs.start()
+    pid = gs.wait_workers("once")[0]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: "killed" in gs.log(), 10, what="the exit in the master log")
+    docs = [json.loads(line) for line in gs.log().splitlines()]
+    assert all(set(d) == {"time", "level", "program", "worker", "pid", "message"} for d in docs)
+    exit_doc = next(d for d in docs if "killed" in d["message"])
+    assert (exit_doc["program"], exit_doc["worker"], exit_doc["pid"]) == ("once", 0, pid)
+    assert " [0] out" in gs.log("once")  # program logs in files keep their text format
+    gs.run("-s", "stop", check=True)
