@@ -29,12 +29,14 @@ from typing import TYPE_CHECKING, Any
 import gevent
 
 from gsuper.logs import LogFile, LogFileHandler
+from gsuper.spawn import WorkerProcess, launch_worker
 
 if TYPE_CHECKING:
-    from gsuper.config import GsuperConfig
+    from gsuper.config import GsuperConfig, ProgramConfig
 
 MAX_LINE = 16384  # bytes of a worker's line per record; Docker's json-file driver splits at 16 KiB too
 MAX_BUFFER = 4 * 1024 * 1024  # bytes kept for a slow stdout reader before records are dropped
+STDOUT_PATH = "-"  # the "path" of a ProgramStdout (it never opens one)
 
 
 class StdoutWriter:
@@ -157,15 +159,42 @@ def carry(line: bytes) -> str:
     return line.decode("utf-8", "backslashreplace")
 
 
-class ProgramStdout:
-    """A program's output on the master's stdout: the `logdir = -` stand-in for its LogFile."""
+class ProgramStdout(LogFile):
+    """A program's output on the master's stdout: the `logdir = -` stand-in for its LogFile.
+
+    It is a LogFile that never opens a file (reopen and close do nothing; `write` goes to
+    stdout as it is), so a Program and its Workers take it where they take a log file. The
+    worker lines come through :meth:`spawner`, which the master gives the Program: it spawns
+    with stderr on a pipe of its own and tags each line with the worker's index, pid and stream.
+    """
 
     def __init__(self, name: str, writer: StdoutWriter, log_format: str = "text") -> None:
+        super().__init__(STDOUT_PATH, 0, 0)
         self.name = name
         self.writer = writer
         self.log_format = log_format
 
-    def line_writer(self, index: int, pid: int, stream: str) -> Callable[[bytes], None]:
+    def spawner(
+        self,
+        config: ProgramConfig,
+        index: int,
+        max_request: int,
+        on_output: Callable[[bytes], None],
+        on_reports: Callable[[bytes], None],
+        on_errors: Callable[[bytes], None] | None = None,
+    ) -> WorkerProcess:
+        """A Program's spawner (gsuper.worker.Spawner) whose output goes to stdout.
+
+        The worker's own `on_output` and `on_errors` (its log files) are not used: stdout and
+        stderr each get a writer here that tags the lines with index, pid and stream.
+        """
+        pid = [0]  # known once spawned, before the hub runs any reader
+        out, err = self.line_writer(index, pid, "stdout"), self.line_writer(index, pid, "stderr")
+        proc = launch_worker(config, index, max_request, out, on_reports, on_errors=err)
+        pid[0] = proc.pid
+        return proc
+
+    def line_writer(self, index: int, pid: list[int], stream: str) -> Callable[[bytes], None]:
         """A PipeReader callback: the complete lines of one worker's stream, as records.
 
         The work per chunk is a few C-level passes (one decode, one split, one join), not
@@ -181,17 +210,24 @@ class ProgramStdout:
 
         return write_text
 
-    def _json_writer(self, index: int, pid: int, stream: str) -> Callable[[bytes], None]:
-        fixed = json.dumps({"program": self.name, "worker": index, "pid": pid, "stream": stream}, ensure_ascii=False)
-        head = fixed[:-1] + ', "time": '
+    def _json_writer(self, index: int, pid: list[int], stream: str) -> Callable[[bytes], None]:
+        program = _json_string(self.name)
+        tail = f', "stream": {_json_string(stream)}, "time": '
 
         def write_json(data: bytes) -> None:
-            middle = f'{head}{time.time():.3f}, "line": '
+            middle = f'{{"program": {program}, "worker": {index}, "pid": {pid[0]}{tail}{time.time():.3f}, "line": '
             self.writer.write("".join(f"{middle}{_json_string(p)}}}\n" for p in _pieces(data)).encode())
 
         return write_json
 
-    # The LogFile operations the master calls on every program's log (nothing to do here).
+    # The LogFile operations (there is no file).
+    def write(self, data: bytes) -> None:
+        """Bytes as they are, to stdout."""
+        self.writer.write(data)
+
+    def rotate(self) -> None:
+        """No rotation on stdout."""
+
     def reopen(self) -> None:
         """Nothing to reopen: stdout is not a file gsuper rotates."""
 

@@ -3,6 +3,7 @@ systemd notifications on a real socket, and check's grace warning."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -271,37 +272,47 @@ def test_sd_notify_through_a_real_master(gs, tmp_path):
     address = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(address)
-    sock.settimeout(10)
+    sock.settimeout(0.5)
     gs.write("[program:sleeper]\ncommand = sleep 1000\nnumprocs = 2\n")
     env = dict(os.environ, NOTIFY_SOCKET=address, WATCHDOG_USEC="200000", WATCHDOG_PID="")
     proc = foreground(gs, env=env)
-
-    def until(field):
-        while True:
-            msg = dict(line.split("=", 1) for line in sock.recv(4096).decode().splitlines())
-            got.append(msg)
-            if field in msg:
-                return msg
-
     got = []
+
+    def until(pred, what, timeout=20):
+        """The first datagram from now on for which pred(message) holds (all are kept in got)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(4096)
+            except socket.timeout:
+                continue
+            msg = dict(line.split("=", 1) for line in data.decode().splitlines())
+            got.append(msg)
+            if pred(msg):
+                return msg
+        pytest.fail(f"no {what} from the master within {timeout}s; got {got[-5:]}")
+
     try:
-        ready = until("READY")
-        assert ready["STATUS"] == "2 workers: 2 RUNNING" or "STARTING" in ready["STATUS"]
-        assert any(m == {"WATCHDOG": "1"} for m in got) or until("WATCHDOG")
+        ready = until(lambda m: "READY" in m, "READY=1")
+        assert re.fullmatch(r"2 workers: .*", ready["STATUS"])
+        until(lambda m: m == {"WATCHDOG": "1"}, "watchdog ping")
         for row in gs.wait_workers("sleeper"):  # the workers do not get the master's socket
             environ = psutil.Process(row["pid"]).environ()
             assert "NOTIFY_SOCKET" not in environ and "WATCHDOG_USEC" not in environ
         gs.write("[program:sleeper]\ncommand = sleep 1000\nnumprocs = 3\n")
         os.kill(proc.pid, signal.SIGHUP)
-        reloading = until("RELOADING")
+        reloading = until(lambda m: "RELOADING" in m, "RELOADING=1")
         assert int(reloading["MONOTONIC_USEC"]) > 0
-        until("READY")
-        wait_for(lambda: until("STATUS")["STATUS"] == "3 workers: 3 RUNNING", 10, what="the new count")
+        since = len(got)
+        until(lambda m: "READY" in m, "READY=1 after the reload")
+        if not any(m.get("STATUS") == "3 workers: 3 RUNNING" for m in got[since:]):
+            until(lambda m: m.get("STATUS") == "3 workers: 3 RUNNING", "STATUS= with the new count")
         pings = sum(m == {"WATCHDOG": "1"} for m in got)
         while pings < 3:
-            pings += until("WATCHDOG") == {"WATCHDOG": "1"}
+            until(lambda m: m == {"WATCHDOG": "1"}, "watchdog pings")
+            pings += 1
         proc.send_signal(signal.SIGTERM)
-        assert until("STOPPING")["STOPPING"] == "1"
+        until(lambda m: m.get("STOPPING") == "1", "STOPPING=1")
         assert proc.wait(20) == 0
     finally:
         sock.close()

@@ -65,7 +65,7 @@ def test_split_line_never_cuts_a_utf8_character():
 def test_program_lines_text_prefix_escape_and_split(pipe):
     r, w = pipe
     sink = ProgramStdout("member_1", StdoutWriter(w), "text")
-    write = sink.line_writer(2, 4242, "stdout")
+    write = sink.line_writer(2, [4242], "stdout")
     long = b"x" * (MAX_LINE * 2 + 5)
     write(b"hello\n\xffbad\n" + long + b"\n")
     lines = read_all(r).decode().splitlines()
@@ -79,7 +79,7 @@ def test_program_lines_text_prefix_escape_and_split(pipe):
 def test_program_lines_json(pipe):
     r, w = pipe
     sink = ProgramStdout("py", StdoutWriter(w), "json")
-    sink.line_writer(0, 77, "stderr")(b"caf\xc3\xa9\n\xfe\n")
+    sink.line_writer(0, [77], "stderr")(b"caf\xc3\xa9\n\xfe\n")
     docs = [json.loads(line) for line in read_all(r).splitlines()]
     assert [d["line"] for d in docs] == ["café", "\\xfe"]
     assert all(d["program"] == "py" and d["worker"] == 0 and d["pid"] == 77 and d["stream"] == "stderr" for d in docs)
@@ -266,3 +266,4 @@ def test_a_piece_of_an_over_long_line_keeps_its_last_byte_in_a_log_file(tmp_path
     log.close()
     lines = (tmp_path / "p.log").read_bytes().splitlines()
     assert [ln.split(b" [1] ", 1)[1] for ln in lines] == [b"abc", b"def", b"next"]
+
