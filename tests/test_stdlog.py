@@ -267,3 +267,24 @@ def test_a_piece_of_an_over_long_line_keeps_its_last_byte_in_a_log_file(tmp_path
     lines = (tmp_path / "p.log").read_bytes().splitlines()
     assert [ln.split(b" [1] ", 1)[1] for ln in lines] == [b"abc", b"def", b"next"]
 
+
+FIRST_CHILD = """
+import os, sys
+from gsuper.spawn import spawn
+r, w = os.pipe()
+child = spawn(["true"], dict(os.environ), "/", w, w)
+print(child.wait(5))
+"""
+
+
+def test_the_first_child_of_a_process_is_seen_to_exit_even_at_once():
+    """gevent installs its SIGCHLD handler with the first child watcher; a first child that
+    exited before it was lost (a zombie, RUNNING forever: on_fatal and PID 1 depend on this)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    for _ in range(6):  # it was lost about half the time
+        proc = subprocess.run([sys.executable, "-c", FIRST_CHILD], capture_output=True, text=True, timeout=30, cwd=ROOT)
+        assert proc.stdout.strip() == "0", proc.stderr
