@@ -8,7 +8,7 @@ setup(
     description="A process supervisor on gevent for PHP queue consumers, Python and shell scripts",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.11",
+    python_requires=">=3.9",
     # runners/ ships inside the package as gsuper/runner_files (gsuper.runners is the module
     # that builds the command lines; a package of the same name would shadow it).
     packages=["gsuper", "gsuper.importers", "gsuper.runner_files"],
