@@ -117,6 +117,8 @@ def test_dockerfile():
     cmd = re.search(r"^CMD (\[.*\])$", text, re.M)
     assert cmd and "--foreground" in cmd[1] and "/etc/gsuper/gsuper.ini" in cmd[1]
     assert "COPY deploy/docker/gsuper.ini /etc/gsuper/gsuper.ini" in text
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".git", "run", "log"} <= set(ignored)  # `COPY . /src` takes the checkout, not its venvs
 
 
 def test_systemd_unit_against_the_shipped_config():
