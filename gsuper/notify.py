@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
@@ -31,6 +31,8 @@ log = logging.getLogger("gsuper")
 
 ENV_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 STATUS_DELAY_S = 0.2  # state changes within this window give one STATUS= datagram
+RETRY_S = 0.05  # a datagram that met a full socket queue is tried again after this
+BACKLOG_MAX = 100  # datagrams waiting for room; past it the oldest are dropped
 STATE_ORDER = ("RUNNING", "STARTING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "STOPPED")
 
 
@@ -82,6 +84,7 @@ class SystemdNotifier:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._sock.setblocking(False)
         self._error: str | None = None
+        self._backlog: deque[bytes] = deque(maxlen=BACKLOG_MAX)
         self._status_pending = False
         self._status: Callable[[], str] = lambda: ""
         self._greenlets: list[gevent.Greenlet] = []
@@ -101,19 +104,51 @@ class SystemdNotifier:
             return None
         return cls(address, watchdog)
 
-    def send(self, *fields: str) -> bool:
-        """One datagram of `KEY=value` lines; False (logged once per kind of error) if it failed."""
+    def send(self, *fields: str, retry: bool = True) -> bool:
+        """One datagram of `KEY=value` lines; False if it was not sent now (errors logged once).
+
+        A full socket queue (the manager reads slowly) is not a reason to lose READY=1 or
+        STOPPING=1: such a datagram waits, in order, and is retried every 50 ms (up to
+        BACKLOG_MAX waiting). A watchdog ping (`retry=False`) is only worth sending now.
+        """
+        data = ("\n".join(fields) + "\n").encode()
+        if self._backlog:  # keep the order: behind what already waits
+            if retry:
+                self._backlog.append(data)
+            return False
         try:
-            self._sock.sendto(("\n".join(fields) + "\n").encode(), self._target)
+            self._sock.sendto(data, self._target)
+        except BlockingIOError:
+            if retry:
+                self._backlog.append(data)
+                self._greenlets.append(gevent.spawn(self._retry))
+            return False
         except OSError as exc:
-            text = f"cannot notify systemd at {self.address}: {exc.strerror or exc}"
-            if text != self._error:
-                log.warning("%s", text)
-                self._error = text
+            self._failed(exc)
             return False
         self.sent += 1
         self._error = None
         return True
+
+    def _failed(self, exc: OSError) -> None:
+        text = f"cannot notify systemd at {self.address}: {exc.strerror or exc}"
+        if text != self._error:
+            log.warning("%s", text)
+            self._error = text
+
+    def _retry(self) -> None:
+        while self._backlog:
+            gevent.sleep(RETRY_S)
+            while self._backlog:
+                try:
+                    self._sock.sendto(self._backlog[0], self._target)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    self._failed(exc)
+                else:
+                    self.sent += 1
+                self._backlog.popleft()
 
     def start(self, status: Callable[[], str]) -> None:
         """Begin: `status()` gives the STATUS= text; the watchdog pings start (if asked for)."""
@@ -149,7 +184,7 @@ class SystemdNotifier:
     def _watchdog(self) -> None:
         assert self.watchdog_s
         while True:
-            self.send("WATCHDOG=1")
+            self.send("WATCHDOG=1", retry=False)
             gevent.sleep(self.watchdog_s)
 
     def close(self) -> None:

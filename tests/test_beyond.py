@@ -290,7 +290,9 @@ def test_sd_notify_through_a_real_master(gs, tmp_path):
             got.append(msg)
             if pred(msg):
                 return msg
-        pytest.fail(f"no {what} from the master within {timeout}s; got {got[-5:]}")
+        proc.send_signal(signal.SIGKILL)
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        pytest.fail(f"no {what} from the master within {timeout}s; got {got[-5:]}; stderr: {err[-3000:]}")
 
     try:
         ready = until(lambda m: "READY" in m, "READY=1")

@@ -288,3 +288,23 @@ def test_the_first_child_of_a_process_is_seen_to_exit_even_at_once():
     for _ in range(6):  # it was lost about half the time
         proc = subprocess.run([sys.executable, "-c", FIRST_CHILD], capture_output=True, text=True, timeout=30, cwd=ROOT)
         assert proc.stdout.strip() == "0", proc.stderr
+
+
+def test_a_full_notify_socket_delays_state_messages_and_drops_only_pings(tmp_path):
+    address = str(tmp_path / "slow.sock")
+    sock = receiver(address)  # nobody reads it for now: its queue fills (max_dgram_qlen)
+    try:
+        notifier = SystemdNotifier(address)
+        sent_now = [notifier.send(f"STATUS=message {i}") for i in range(40)]
+        assert not all(sent_now)  # the queue was full before the 40th
+        assert notifier.send("WATCHDOG=1", retry=False) is False  # a late ping is not kept
+        got, deadline = [], time.monotonic() + 10
+        while len(got) < 40 and time.monotonic() < deadline:
+            try:
+                got.append(sock.recv(4096).decode().strip())
+            except BlockingIOError:
+                gevent.sleep(0.01)
+        assert got == [f"STATUS=message {i}" for i in range(40)]  # every one, in order
+        notifier.close()
+    finally:
+        sock.close()
