@@ -8,7 +8,7 @@ setup(
     description="A process supervisor on gevent for PHP queue consumers, Python and shell scripts",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.11",
+    python_requires=">=3.9",
     # runners/ ships inside the package as gsuper/runner_files (gsuper.runners is the module
     # that builds the command lines; a package of the same name would shadow it).
     packages=["gsuper", "gsuper.importers", "gsuper.web", "gsuper.runner_files"],
@@ -30,7 +30,9 @@ setup(
         # setuptools and wheel: tests/test_packaging.py builds the package without a network.
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "redis>=4", "setuptools>=61", "wheel",
                  # websocket-client: the dashboard test drives headless Chromium over DevTools.
-                 "websocket-client>=1.6"],
+                 "websocket-client>=1.6",
+                 # pyyaml: tests parse the Kubernetes manifests under deploy/.
+                 "pyyaml>=6"],
         "dev": ["ruff>=0.5", "mypy>=1.8", "types-psutil"],
     },
     entry_points={"console_scripts": ["gsuper = gsuper.cli:main"]},

@@ -213,6 +213,10 @@ def cmd_check(args: dict[str, Any]) -> int:
     """Validate the configuration only."""
     cfg = _load(args, warn=True)
     _preflight(cfg)
+    from gsuper.grace import grace_warnings
+
+    for warning in grace_warnings(cfg, os.environ):
+        print(f"gsuper: warning: {warning}", file=sys.stderr)
     workers = sum(p.numprocs for p in cfg.programs.values())
     print(f"{cfg.path}: configuration OK ({len(cfg.programs)} programs, {workers} workers, {len(cfg.groups)} groups)")
     return 0
@@ -253,8 +257,12 @@ def cmd_start(args: dict[str, Any]) -> int:
         def notify(msg: dict[str, Any]) -> None:
             if msg["ok"]:
                 print(f"gsuper: master {msg['pid']} running in the foreground", file=sys.stderr)
-                _print_started(msg["programs"])
-                sys.stdout.flush()
+                if cfg.logs_to_stdout:  # stdout carries only log records (JSON lines, maybe)
+                    for name, n in msg["programs"].items():
+                        print(f"gsuper: {name}: {n} worker{'s' if n != 1 else ''} started", file=sys.stderr)
+                else:
+                    _print_started(msg["programs"])
+                    sys.stdout.flush()
             else:
                 print(f"gsuper: {msg['error']}", file=sys.stderr)
 
@@ -264,9 +272,10 @@ def cmd_start(args: dict[str, Any]) -> int:
 
 def _start_daemon(cfg: config.GsuperConfig, only: list[str] | None, master_cls: Any) -> int:
     # The master is made in the daemon, after the fork: its hub and start time are the daemon's.
-    msg = daemon.start_daemon(os.path.join(cfg.logdir, "gsuper.log"), lambda notify: master_cls(cfg, only).run(notify))
+    master_log = None if cfg.logs_to_stdout else os.path.join(cfg.logdir, "gsuper.log")
+    msg = daemon.start_daemon(master_log, lambda notify: master_cls(cfg, only).run(notify))
     if msg is None:
-        raise Fail(f"the master died while starting; see {os.path.join(cfg.logdir, 'gsuper.log')}")
+        raise Fail(f"the master died while starting; see {master_log or 'its stdout (logdir = -)'}")
     if not msg["ok"]:
         raise Fail(msg["error"])
     print(f"gsuper: master {msg['pid']} started")
@@ -530,6 +539,11 @@ def cmd_tail(args: dict[str, Any]) -> int:
         lines = int(args["--lines"])
     except ValueError:
         raise Fail(f"-n takes a number of lines (got {args['--lines']!r})", 2) from None
+    if cfg.logs_to_stdout:
+        raise Fail(
+            f"{cfg.path}: logdir = - sends every log line to the master's stdout, not to files: "
+            "read them where that goes (docker logs, kubectl logs, journalctl -u)"
+        )
     from gsuper.runners import settings
     from gsuper.tail import follow, last_lines
 

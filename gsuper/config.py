@@ -28,8 +28,12 @@ from gsuper.include import IncludeError, gather
 SPEC_GSUPER = """
 # Folder of the pid file (gsuper.pid) and the control socket (gsuper.sock).
 rundir = path(default="run")
-# Folder of the master log (gsuper.log) and one NAME.log per program.
+# Folder of the master log (gsuper.log) and one NAME.log per program; - : no files, all to stdout, lines prefixed NAME#INDEX.
 logdir = path(default="log")
+# Format of the master log (and with logdir = -, of every line on stdout): text, or json (one JSON object per line).
+log_format = option("text", "json", default="text")
+# keep: a FATAL program stays FATAL; exit: the master then stops every other worker gracefully and exits with status 3.
+on_fatal = option("keep", "exit", default="keep")
 # Master log level: debug, info, warning or error.
 loglevel = option("debug", "info", "warning", "error", default="info")
 # A log file is rotated when it passes this size (bare number = bytes; 10M, 1G).
@@ -167,6 +171,7 @@ EXPANDED_KEYS = ("command", "environment", "directory", "logfile", "stderr_logfi
 def valid_name(name: str) -> bool:
     """Program and group names: any Unicode letters and digits, `_`, `.` and `-` (as supervisor)."""
     return bool(name) and all(ch.isalnum() or ch in "_.-" for ch in name)
+STDOUT_LOGDIR = "-"  # logdir = -: logs to the master's stdout
 
 
 class ConfigError(Exception):
@@ -465,6 +470,13 @@ class GsuperConfig:
     http: tuple[str, int] | None = None
     http_token: str | None = None
     hooks: dict[str, HookConfig] = field(default_factory=dict)
+    log_format: str = "text"
+    on_fatal: str = "keep"
+
+    @property
+    def logs_to_stdout(self) -> bool:
+        """`logdir = -`: no log files, every line goes to the master's stdout."""
+        return self.logdir == STDOUT_LOGDIR
 
     @property
     def pidfile(self) -> str:
@@ -693,6 +705,8 @@ def load_paths_only(path: str) -> GsuperConfig:
     def folder(key: str, default: str) -> str:
         value = section.get(key) if isinstance(section, dict) else None
         text = unquote(value) if isinstance(value, str) and value.strip() else default
+        if text == STDOUT_LOGDIR and key == "logdir":
+            return text
         return os.path.normpath(os.path.join(base, os.path.expanduser(text)))
 
     return GsuperConfig(path, folder("rundir", "run"), folder("logdir", "log"), "info", 0, 0, 1.0)
@@ -713,7 +727,7 @@ def _build(path: str, raw: Any, origin: dict[str, str], warnings: tuple[str, ...
     def absolute(p: str, root: str = base) -> str:
         return os.path.normpath(os.path.join(root, os.path.expanduser(p)))
 
-    logdir = absolute(g["logdir"])
+    logdir = STDOUT_LOGDIR if g["logdir"] == STDOUT_LOGDIR else absolute(g["logdir"])
     defaults = {"base": base, "logdir": logdir, "log_max_bytes": g["log_max_bytes"], "log_backups": g["log_backups"]}
     programs: dict[str, ProgramConfig] = {}
     groups: dict[str, tuple[str, ...]] = {}
@@ -754,6 +768,8 @@ def _build(path: str, raw: Any, origin: dict[str, str], warnings: tuple[str, ...
         http=http,
         http_token=g["http_token"],
         hooks=hooks,
+        log_format=g["log_format"],
+        on_fatal=g["on_fatal"],
     )
 
 

@@ -104,8 +104,9 @@ def wait_gone(path: str, timeout_s: float) -> bool:
     return True
 
 
-def detach(stdio_path: str = os.devnull) -> None:
-    """In a freshly forked child: setsid, fork again, stdio to `stdio_path`.
+def detach(stdio_path: str | None = os.devnull) -> None:
+    """In a freshly forked child: setsid, fork again, stdio to `stdio_path` (None: stdout and
+    stderr stay as they are, for `logdir = -`).
 
     The second fork means the daemon is not a session leader and can never regain a terminal.
     Returns in the grandchild only; the intermediate child exits.
@@ -115,12 +116,13 @@ def detach(stdio_path: str = os.devnull) -> None:
         os._exit(0)
     os.umask(0o022)
     null = os.open(os.devnull, os.O_RDONLY)
-    out = fsafe.open_append(stdio_path)  # never through a link planted in logdir
     os.dup2(null, 0)
-    os.dup2(out, 1)
-    os.dup2(out, 2)
     os.close(null)
-    os.close(out)
+    if stdio_path is not None:
+        out = fsafe.open_append(stdio_path)  # never through a link planted in logdir
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(out)
 
 
 def describe(exc: BaseException) -> str:
@@ -137,7 +139,7 @@ def describe(exc: BaseException) -> str:
 MasterRun = Callable[[Callable[[dict[str, Any]], None]], int]
 
 
-def start_daemon(stdio_path: str, run: MasterRun) -> dict[str, Any] | None:
+def start_daemon(stdio_path: str | None, run: MasterRun) -> dict[str, Any] | None:
     """Start `run` as a daemon and return the first message it sends through `notify`.
 
     The CLI forks; the child detaches (:func:`detach`, stdio to `stdio_path`) and calls `run`.
@@ -157,7 +159,8 @@ def start_daemon(stdio_path: str, run: MasterRun) -> dict[str, Any] | None:
                 os.close(pipe.pop())
 
         try:
-            os.makedirs(os.path.dirname(stdio_path), exist_ok=True)
+            if stdio_path is not None:  # None: logdir = -, the daemon keeps this stdout
+                os.makedirs(os.path.dirname(stdio_path), exist_ok=True)
             detach(stdio_path)
             code = run(notify)
         except BaseException as exc:  # noqa: BLE001 - the CLI must hear why the daemon died

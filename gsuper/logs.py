@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 
@@ -256,24 +255,8 @@ def output_to_log(index: int, logfile: LogFile) -> Callable[[bytes], None]:
 
     def write(data: bytes) -> None:
         prefix = timestamp() + tag
-        logfile.write(prefix + data[:-1].replace(b"\n", b"\n" + prefix) + b"\n")
+        # A piece of an over-long line comes without its newline: it keeps its last byte.
+        body = data[:-1] if data.endswith(b"\n") else data
+        logfile.write(prefix + body.replace(b"\n", b"\n" + prefix) + b"\n")
 
     return write
-
-
-def setup_master_logging(logfile: LogFile | None, level: str, to_stderr: bool) -> logging.Logger:
-    """Configure the `gsuper` logger: the master log file and/or stderr."""
-    logger = logging.getLogger("gsuper")
-    logger.handlers.clear()
-    logger.setLevel(level.upper())
-    logger.propagate = False
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
-    if logfile is not None:
-        handler: logging.Handler = LogFileHandler(logfile)
-        handler.setFormatter(fmt)
-        logger.addHandler(handler)
-    if to_stderr:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(fmt)
-        logger.addHandler(handler)
-    return logger

@@ -32,11 +32,14 @@ from gsuper.daemon import PidFile, describe
 from gsuper.events import Event, EventStream
 from gsuper.guard import LifetimeCheck, RequestTimeoutCheck
 from gsuper.hooks import HookRunner
-from gsuper.logs import LogFile, LogFiles, setup_master_logging
+from gsuper.logs import LogFile, LogFiles
 from gsuper.monitor import MemoryCheck, Monitor, sample_rss
+from gsuper.notify import SystemdNotifier, status_of
 from gsuper.program import Program, RollingError
 from gsuper.reload import Kind, plan_reload
 from gsuper.spawn import SETPRIV
+from gsuper.states import ProcessState
+from gsuper.stdlog import ProgramStdout, StdoutWriter, configure_master_logging
 from gsuper.web.server import MasterSource, WebServer
 
 log = logging.getLogger("gsuper")
@@ -92,12 +95,15 @@ class Master:
         self.web: WebServer | None = None
         self.hooks: HookRunner | None = None
         self._served_http = (cfg.http, cfg.http_token)  # what this master serves, reloads or not
+        self.stdout: StdoutWriter | None = None  # logdir = -: every log line goes through it
+        self.notifier: SystemdNotifier | None = None  # systemd Type=notify
+        self.exit_code = 0  # 3 after on_fatal = exit
 
     # -- life ---------------------------------------------------------------------------------
 
     def run(self, notify: Notify) -> int:
         """Take the pid file, start the programs, serve until stopped. Returns the exit code."""
-        setup_master_logging(self.master_log, self.config.loglevel, self.foreground)
+        self.stdout = configure_master_logging(self.config, self.master_log, self.foreground)
         problems = preflight.errors(self.config)
         if problems:  # the CLI checked too; the folders may have changed since
             notify({"ok": False, "error": "; ".join(problems)})
@@ -116,6 +122,11 @@ class Master:
             osutil.no_inherited_fds()
             osutil.set_title(f"gsuper: master {self.config.path}")
             osutil.become_subreaper()
+            # Read (and removed from the environment the workers get) before any spawn.
+            self.notifier = SystemdNotifier.from_environ()
+            if self.notifier is not None:
+                self.notifier.start(lambda: status_of(self.programs.values(), self.stopping))
+                self.events.subscribe(self.notifier.changed)
             if stale:
                 record.end_leftovers(self.config.workersfile, gevent.sleep, _announce_leftovers)
             self.control.start()
@@ -142,12 +153,14 @@ class Master:
                     "unspawned": [line for n in selected for line in self.programs[n].unspawned()],
                 }
             )
+            if self.notifier is not None:
+                self.notifier.ready()
             osutil.trim_heap()
             # What start-up made lives as long as the master: out of the collector's way, so the
             # garbage a /metrics scrape or a status leaves does not rescan it (bench/http_scrape.py).
             gc.freeze()
             self._done.wait()
-            return 0
+            return self.exit_code
         except Exception as exc:
             log.exception("master failed")
             notify({"ok": False, "error": f"the master failed to start: {describe(exc)}"})
@@ -163,10 +176,18 @@ class Master:
             _remove(self.config.workersfile)
             registry.forget(self.config)
             self.pidfile.release()
-            log.info("master %d exited", os.getpid())
+            log.info("master %d exited%s", os.getpid(), f" with status {self.exit_code}" if self.exit_code else "")
+            if self.notifier is not None:
+                self.notifier.close()
+            if self.stdout is not None:
+                self.stdout.flush()
 
     def _make_program(self, pcfg: config.ProgramConfig) -> Program:
-        program = Program(pcfg, self.logfiles, self.events)
+        if self.stdout is not None:  # logdir = -: every program's output to stdout, no file
+            sink = ProgramStdout(pcfg.name, self.stdout, self.config.log_format)
+            program = Program(pcfg, sink, self.events, spawner=sink.spawner)
+        else:
+            program = Program(pcfg, self.logfiles, self.events)
         if not pcfg.autostart:  # shown as STOPPED until `start -p NAME`
             program.add_slots()
         return program
@@ -206,6 +227,8 @@ class Master:
         if self.stopping:
             return
         self.stopping = True
+        if self.notifier is not None:
+            self.notifier.stopping()
         self.backlog.close()
         for program in self.programs.values():
             program.halt()
@@ -251,17 +274,27 @@ class Master:
 
     def handle_sigusr1(self) -> None:
         """Reopen every log file (after logrotate moved them)."""
-        self.master_log.reopen()
+        if self.stdout is None:  # logdir = - has no file to reopen
+            self.master_log.reopen()
         self.logfiles.reopen()
         log.info("log files reopened")
 
     # -- the takeover record ------------------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
+        if event.kind == "state" and event.state == ProcessState.FATAL.value:
+            self._on_fatal(event)
         # A process came or went: rewrite the record soon (one write for a burst of changes).
         if event.kind in ("started", "exit") and not self._record_pending:
             self._record_pending = True
             gevent.spawn_later(RECORD_DELAY_S, self._write_record)
+
+    def _on_fatal(self, event: Event) -> None:
+        if self.config.on_fatal == "exit" and not self.stopping:
+            name = f"{event.program}#{event.worker}"
+            log.error("%s is FATAL and on_fatal = exit: stopping every worker, then exit status 3", name)
+            self.exit_code = 3
+            gevent.spawn(self.shutdown)
 
     def _write_record(self) -> None:
         self._record_pending = False
@@ -336,11 +369,15 @@ class Master:
             return {"ok": False, "error": "a reload, rolling restart or stop is already in progress"}
         for warning in new.warnings:  # e.g. an [include] glob that matches no file
             log.warning("reload: %s", warning)
+        if self.notifier is not None:
+            self.notifier.reloading()
         try:
             changes, errors = self._apply(new)
             self.backlog.after_reload(self.programs)
         finally:
             self._busy = False
+            if self.notifier is not None:
+                self.notifier.ready()
         changes = moved + changes
         self.events.emit(Event("reloaded", data={"changes": changes, "errors": errors}))
         return {"ok": True, "changes": changes, "errors": errors}

@@ -62,6 +62,8 @@ def plan_reload(
     notes = []
     if (new.rundir, new.logdir) != (old.rundir, old.logdir):
         notes.append("rundir and logdir changes take effect at the next start")
+    if new.log_format != old.log_format:
+        notes.append("a log_format change takes effect at the next start")
     changes = [Change(Kind.REMOVE, name, None) for name in current if name not in new.programs]
     for name, cfg in new.programs.items():
         before = current.get(name)

@@ -267,4 +267,4 @@ def _json(value: Any) -> bytes:
 
 
 def _read_static(name: str) -> bytes:
-    return resources.files("gsuper.web").joinpath("static", name).read_bytes()
+    return resources.files("gsuper.web").joinpath("static").joinpath(name).read_bytes()
