@@ -237,7 +237,10 @@ def test_a_flood_of_control_connections_does_not_starve_respawns(gs):
             os.kill(pid, signal.SIGKILL)
 
         def respawned() -> bool:
-            kids = [c for c in master.children() if c.status() != psutil.STATUS_ZOMBIE]
+            try:
+                kids = [c for c in master.children() if c.status() != psutil.STATUS_ZOMBIE]
+            except psutil.NoSuchProcess:  # a child that died between the two reads: look again
+                return False
             return len(kids) == 4 and not {c.pid for c in kids} & old
 
         wait_for(respawned, 20, "four fresh workers")

@@ -272,7 +272,7 @@ FIRST_CHILD = """
 import os, sys
 from gsuper.spawn import spawn
 r, w = os.pipe()
-child = spawn(["true"], dict(os.environ), "/", w, w)
+child = spawn(["true"], dict(os.environ), "/", w, (w,))
 print(child.wait(5))
 """
 
