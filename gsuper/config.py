@@ -85,6 +85,10 @@ environment = env(default=None)
 on_error = option("continue", "exit", default="continue")
 # Start order (ascending) and stop order (descending) among programs.
 priority = integer(default=999)
+# php runner: one template process loads the bootstrap once and forks every worker; a respawn costs a fork.
+warm = boolean(default=False)
+# php runner: a PHP file run in each worker after the bootstrap (after the fork when warm): reconnect, reseed.
+after_fork = path(default=None)
 """
 
 SPEC_GROUP = """
@@ -288,6 +292,8 @@ class ProgramConfig:
     environment: tuple[tuple[str, str], ...]
     on_error: str
     priority: int
+    warm: bool = False
+    after_fork: str | None = None
 
     def same_except_numprocs(self, other: ProgramConfig) -> bool:
         """True when the two differ at most in numprocs (a reload then only scales)."""
@@ -551,6 +557,11 @@ def _build_program(path: str, name: str, sec: Any, absolute: Any) -> ProgramConf
         _require_program(where, "command", argv[0], directory, env)
     else:
         _require_program(where, "interpreter", interpreter or RUNNER_INTERPRETERS[runner], directory, env)
+    after_fork = absolute(sec["after_fork"]) if sec["after_fork"] else None
+    if (sec["warm"] or after_fork) and runner != "php":
+        raise ConfigError(f"{where} {'warm' if sec['warm'] else 'after_fork'}: only for runner = php")
+    if after_fork and not os.path.isfile(after_fork):
+        raise ConfigError(f"{where} after_fork: file not found: {after_fork}")
     if sec["max_request"] and mode != "loop":
         raise ConfigError(f"{where} max_request: only for mode = loop (a daemon-mode program serves no requests)")
 
@@ -579,6 +590,8 @@ def _build_program(path: str, name: str, sec: Any, absolute: Any) -> ProgramConf
         environment=tuple(env.items()),
         on_error=sec["on_error"],
         priority=sec["priority"],
+        warm=sec["warm"],
+        after_fork=after_fork,
     )
 
 

@@ -30,8 +30,10 @@ from gsuper.events import Event, EventStream
 from gsuper.logs import LogFile, setup_master_logging
 from gsuper.monitor import MemoryCheck, Monitor, sample_rss
 from gsuper.program import Program, RollingError
+from gsuper.pss import add_pss
 from gsuper.reload import Kind, plan_reload
 from gsuper.spawn import SETPRIV
+from gsuper.template import WarmSpawner
 
 log = logging.getLogger("gsuper")
 
@@ -127,7 +129,7 @@ class Master:
             path = os.path.join(self.config.logdir, f"{pcfg.name}.log")
             logfile = LogFile(path, self.config.log_max_bytes, self.config.log_backups, log.warning)
             self.logfiles[pcfg.name] = logfile
-        return Program(pcfg, logfile, self.events)
+        return Program(pcfg, logfile, self.events, spawner=WarmSpawner(pcfg.name, logfile))
 
     def _by_priority(self, names: Iterable[str], descending: bool = False) -> list[list[Program]]:
         levels: dict[int, list[Program]] = defaultdict(list)
@@ -221,6 +223,8 @@ class Master:
         if with_rss:
             sample_rss(w for p in chosen for w in p.live_workers())
         rows = sorted((row for p in chosen for row in p.snapshot()), key=lambda r: (r["program"], r["index"]))
+        if with_rss:
+            add_pss(rows)
         return {
             "master": {
                 "pid": os.getpid(),

@@ -56,6 +56,8 @@ def _program_env(program: ProgramConfig) -> dict[str, str]:
             GSUPER_HANDLER=program.handler or "",
             GSUPER_BOOTSTRAP="\n".join(program.bootstrap),
         )
+    if program.after_fork:
+        env["GSUPER_AFTER_FORK"] = program.after_fork
     return env
 
 
