@@ -397,6 +397,10 @@ def cmd_status(args: dict[str, Any]) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
+    # A warm program running cold says why, once per program.
+    cold = {w["program"]: w.get("warm_error") for w in status["workers"] if w.get("warm") is False}
+    for name, why in cold.items():
+        print(f"{name}: warm: false ({why or 'no template yet'})")
     return 0
 
 

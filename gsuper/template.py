@@ -163,9 +163,8 @@ class Template:
             for fd in (status_r, out_r):
                 os.set_blocking(fd, False)
             # The template tells the two received descriptors apart by their pipes' inodes.
-            request = json.dumps(
-                {"worker": index, "max_request": max_request, "output_ino": os.fstat(out_w).st_ino, "status_ino": os.fstat(status_w).st_ino}
-            ).encode()
+            inodes = {"output_ino": os.fstat(out_w).st_ino, "status_ino": os.fstat(status_w).st_ino}
+            request = json.dumps({"worker": index, "max_request": max_request, **inodes}).encode()
             try:
                 socket.send_fds(sock, [request], [out_w, status_w])
                 reply = self._replies.get(timeout=FORK_TIMEOUT_S)
