@@ -636,11 +636,9 @@ final class Template
     private function intermediate(array $request, array $fds, array $received): Worker
     {
         $this->template->retire();
-        $gone = stream_socket_pair(\STREAM_PF_UNIX, \STREAM_SOCK_STREAM, \STREAM_IPPROTO_IP);
-        $pid = $gone === false ? -1 : pcntl_fork();
+        $pid = pcntl_fork();
         if ($pid === 0) {
-            fclose($gone[0]);
-            return $this->worker($request, $fds, $received, $gone[1]);
+            return $this->worker($request, $fds, $received);
         }
         if ($pid < 0) {
             $this->send(['event' => 'fork_failed', 'message' => 'fork of the worker failed']);
@@ -653,25 +651,35 @@ final class Template
     }
 
     /**
-     * In the worker: its own session, the parent-death signal once the master is its parent,
-     * its own stdout, stderr and status pipe, fresh random seeds, and a fresh runner state.
+     * In the worker: its own session, a parent-death signal, its own stdout, stderr and status
+     * pipe, fresh random seeds, and a fresh runner state.
      *
      * @param array<string, mixed> $request
      * @param list<int> $fds
      * @param array<mixed> $received
-     * @param resource $gone closes (EOF) when the intermediate child has exited
      */
-    private function worker(array $request, array $fds, array $received, $gone): Worker
+    private function worker(array $request, array $fds, array $received): Worker
     {
         [$output, $status] = $fds;
         posix_setsid();
         socket_close($this->socket); // (closes the stream it was imported from too)
         $this->libc->close($this->fd);
-        @fread($gone, 1); // EOF: the intermediate is gone, so our parent is now the master
-        fclose($gone);
-        // Only now: a parent-death signal set earlier would fire when the intermediate exits.
-        $this->libc->prctl(1 /* PR_SET_PDEATHSIG */, \SIGTERM, 0, 0, 0);
-        if (posix_getppid() !== $this->masterPid) { // the master died before we could watch it
+        // The parent-death signal fires at the death of whoever is the parent then: first the
+        // intermediate, which exits as soon as the master watches us, later the master. Waiting
+        // for the intermediate's exit before setting it would put that exit (a few ms for a big
+        // heap) before the first request; so the signal is SIGUSR2, and its handler tells the
+        // two deaths apart by the parent pid (the kernel reparents before it signals). When the
+        // master died, a TERM to ourselves drains the worker, as PDEATHSIG=TERM would.
+        $master = $this->masterPid;
+        $intermediate = posix_getppid();
+        pcntl_signal(\SIGUSR2, static function () use ($master): void {
+            if (posix_getppid() !== $master) {
+                posix_kill(getmypid(), \SIGTERM);
+            }
+        });
+        $this->libc->prctl(1 /* PR_SET_PDEATHSIG */, \SIGUSR2, 0, 0, 0);
+        $parent = posix_getppid();
+        if ($parent !== $intermediate && $parent !== $master) { // the master died before we could watch it
             $this->libc->_exit(0);
         }
         $this->libc->dup2($output, 1);
