@@ -103,8 +103,15 @@ def respawns(root: Path, rounds: int) -> list[float]:
     """kill -9 to first request of the replacement, in seconds, `rounds` times."""
     gsuper(root, "-s", "start")
     try:
-        rows = wait(lambda: [r for r in status(root) if r["state"] == "RUNNING"] if all(
-            r["state"] == "RUNNING" for r in status(root)) else None, 60, "workers running")
+        rows = wait(
+            lambda: (
+                [r for r in status(root) if r["state"] == "RUNNING"]
+                if all(r["state"] == "RUNNING" for r in status(root))
+                else None
+            ),
+            60,
+            "workers running",
+        )
         marks = root / "marks"
         wait(lambda: len(list(marks.iterdir())) >= len(rows), 60, "first requests")
         time.sleep(1.1)  # every worker up for over 1 s: a kill -9 is respawned at once
@@ -234,7 +241,7 @@ def laravel_program(root: Path) -> str:
     push = [PHP or "php", str(example / "push.php"), "200000"]
     subprocess.run(push, check=True, env={**os.environ, "REDIS_PORT": str(port)})
     return (
-        f"runner = php\nhandler = Gsuper\\\\Laravel\\\\Bridge::run\ndirectory = {example}\n"
+        f"runner = php\nhandler = Gsuper\\Laravel\\Bridge::run\ndirectory = {example}\n"
         f"bootstrap = {example / 'bootstrap.php'}\nafter_fork = {example / 'after_fork.php'}\nenvironment = {env}"
     )
 

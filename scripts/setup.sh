@@ -8,6 +8,8 @@ need=()
 command -v php >/dev/null 2>&1 || need+=(php-cli)
 php -m 2>/dev/null | grep -qix redis || need+=(php-redis)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# Laravel 8, for the warm Laravel bridge (examples/laravel/) and its test and benchmark.
+[ -f /usr/share/php/Illuminate/autoload.php ] || need+=(php-laravel-framework)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import psutil
@@ -70,6 +71,7 @@ def test_bootstrap_once_after_fork_in_each_and_kill_9_respawns_through_the_templ
     template = rows[0]["template_pid"]
     # max_request recycles: many lives, all forked from the one bootstrapped template.
     wait_for(lambda: len(lines(gs.root / "after.txt")) >= 9, 30, "nine worker lives (max_request recycles)")
+
     def kill_one() -> int | None:  # a worker may recycle between status and the kill
         pid = next((r["pid"] for r in gs.workers("warm") if r["index"] == 0 and r["state"] == "RUNNING"), None)
         if pid is None:
@@ -99,6 +101,7 @@ def test_bootstrap_once_after_fork_in_each_and_kill_9_respawns_through_the_templ
     # Each forked worker: its own process group, the master as parent, its own random sequences.
     for pid, _index, _mt, _rand, pgrp, _ppid in after:
         assert pgrp == pid
+
     def forked_children() -> int:
         titles = []
         for child in psutil.Process(master).children():
@@ -135,6 +138,7 @@ def test_memory_limit_recycles_through_the_template(gs):
     usleep = 1000
     """)
     gs.start()
+
     def recycled() -> list[dict]:
         rows = gs.workers("leaky")
         return [r for r in rows if (r["last_exit"] or {}).get("reason") == "memory_limit" and r["state"] == "RUNNING"]
@@ -220,3 +224,53 @@ def test_pss_of_a_process_is_at_most_its_rss():
     mine = pss.process_pss(os.getpid())
     assert mine is not None and 0 < mine <= psutil.Process().memory_info().rss
     assert pss.process_pss(2**22 + 12345) is None
+
+
+LARAVEL = Path(__file__).resolve().parents[1] / "examples" / "laravel"
+
+
+@pytest.mark.skipif(not Path("/usr/share/php/Illuminate/autoload.php").exists(), reason="php-laravel-framework is not installed")
+def test_the_laravel_bridge_runs_queued_jobs_warm_with_laravels_retries(gs, redis_server):
+    done = gs.root / "done"
+    done.mkdir()
+    gs.write(f"""
+    [program:laravel]
+    runner = php
+    handler = Gsuper\\Laravel\\Bridge::run
+    bootstrap = {LARAVEL / "bootstrap.php"}
+    after_fork = {LARAVEL / "after_fork.php"}
+    warm = true
+    numprocs = 2
+    stop_timeout = 5
+    environment = REDIS_PORT={redis_server.port}, DONE_DIR={done}
+    """)
+    gs.start()
+    rows = gs.wait_workers("laravel", count=2)
+    assert all(r["warm"] for r in rows)
+
+    def push(n: int, fail_times: int = 0, prefix: str = "") -> None:
+        env = {**os.environ, "REDIS_PORT": str(redis_server.port), "JOB_PREFIX": prefix}
+        subprocess.run([PHP, str(LARAVEL / "push.php"), str(n), str(fail_times)], check=True, env=env, timeout=30)
+
+    push(10)
+    wait_for(lambda: len(list(done.iterdir())) == 10, 20, "ten jobs done")
+    # Laravel's retries: a job that fails on its first attempt runs again and succeeds.
+    push(1, fail_times=1, prefix="retry")
+    attempts = wait_for(lambda: (done / "retry1").exists() and (done / "retry1").read_text().split()[1], 20, "the retried job")
+    assert attempts == "2"
+    # A worker killed -9 is forked again from the booted app and takes the next jobs.
+    victim = rows[0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: any(
+            r["pid"] not in (None, victim) and r["index"] == 0 and r["state"] == "RUNNING" for r in gs.workers("laravel")
+        ),
+        10,
+        "respawn",
+    )
+    push(10, prefix="after")
+    wait_for(lambda: len(list(done.glob("after*"))) == 10, 20, "ten more jobs done")
+    servers = {p.read_text().split()[0] for p in done.glob("after*")}
+    assert str(victim) not in servers
+    assert redis_server.llen("queues:default") == 0
+    gs.run("-s", "stop", check=True)
