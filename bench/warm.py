@@ -59,6 +59,11 @@ final class Job
 """
 
 
+# redis-server rewrites its title over its environment, so the sweeper cannot see its token:
+# the servers are ended here, by their Popen.
+REDIS: list[subprocess.Popen[bytes]] = []
+
+
 def gsuper(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, BIN, *args, "-c", str(root / "gsuper.ini")]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
@@ -205,6 +210,9 @@ def main() -> int:
         )  # fmt: skip
         print(f"results: {write_results('warm', data)}")
     finally:
+        for server in REDIS:
+            server.terminate()
+            server.wait(10)
         sweeper.sweep(grace=2.0)
         shutil.rmtree(base, ignore_errors=True)
     return 0
@@ -225,11 +233,12 @@ def laravel_program(root: Path) -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    subprocess.Popen(
+    REDIS.append(subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         cwd=root,
-    )
+    ))  # fmt: skip
     import redis  # type: ignore[import-not-found]
 
     client = redis.Redis(port=port)
@@ -238,7 +247,7 @@ def laravel_program(root: Path) -> str:
     (root / "marks").mkdir(exist_ok=True)
     # Jobs keep the queue busy: each one stamps its worker's first job (examples/laravel/app/Jobs/Stamp.php).
     env = f"REDIS_PORT={port}, STAMP_DIR={root / 'marks'}, QUEUE_CONNECTION=redis"
-    push = [PHP or "php", str(example / "push.php"), "200000"]
+    push = [PHP or "php", str(example / "push.php"), "60000"]
     subprocess.run(push, check=True, env={**os.environ, "REDIS_PORT": str(port)})
     return (
         f"runner = php\nhandler = Gsuper\\Laravel\\Bridge::run\ndirectory = {example}\n"
