@@ -12,7 +12,7 @@ import re
 import shlex
 import shutil
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
@@ -89,6 +89,8 @@ priority = integer(default=999)
 warm = boolean(default=False)
 # php runner: a PHP file run in each worker after the bootstrap (after the fork when warm): reconnect, reseed.
 after_fork = path(default=None)
+# php runner: where the opcache extension is present, run with opcache.enable_cli and a file cache in rundir/opcache/NAME.
+opcache = boolean(default=True)
 """
 
 SPEC_GROUP = """
@@ -294,6 +296,7 @@ class ProgramConfig:
     priority: int
     warm: bool = False
     after_fork: str | None = None
+    opcache_dir: str | None = None
 
     def same_except_numprocs(self, other: ProgramConfig) -> bool:
         """True when the two differ at most in numprocs (a reload then only scales)."""
@@ -485,6 +488,9 @@ def _build(path: str, raw: Any) -> GsuperConfig:
         kind, _, name = section.partition(":")
         if kind == "program":
             programs[name] = _build_program(path, name, raw[section], absolute)
+            if programs[name].runner == "php" and raw[section]["opcache"]:
+                # Cold php workers keep compiled scripts in a file cache here (runners.py).
+                programs[name] = replace(programs[name], opcache_dir=os.path.join(absolute(g["rundir"]), "opcache", name))
         elif kind == "group":
             groups[name] = tuple(raw[section]["programs"])
     for gname, members in groups.items():

@@ -274,3 +274,24 @@ def test_the_laravel_bridge_runs_queued_jobs_warm_with_laravels_retries(gs, redi
     assert str(victim) not in servers
     assert redis_server.llen("queues:default") == 0
     gs.run("-s", "stop", check=True)
+
+
+def test_cold_php_workers_use_an_opcache_file_cache_under_rundir(gs):
+    gs.file("job.php", "<?php\nusleep(2000);\n")
+    gs.write("""
+    [program:cached]
+    runner = php
+    script = job.php
+    [program:plain]
+    runner = php
+    script = job.php
+    opcache = false
+    """)
+    gs.start()
+    gs.wait_workers("cached")
+    gs.wait_workers("plain")
+    assert not (gs.root / "run" / "opcache" / "plain").exists()
+    folder = gs.root / "run" / "opcache" / "cached"
+    assert folder.is_dir() and (folder.stat().st_mode & 0o777) == 0o700
+    wait_for(lambda: any(p.suffix == ".bin" for p in folder.rglob("*")), 10, "compiled scripts in the file cache")
+    gs.run("-s", "stop", check=True)
