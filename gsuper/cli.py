@@ -502,6 +502,10 @@ def cmd_status(args: dict[str, Any]) -> int:
             limits = (str(p["desired"]), str(low), str(p["numprocs_max"]))
             scale_rows.append((p["name"], workers, *limits, p["scale_source"], backlog))
         _print_table(scale_rows)
+    # A warm program running cold says why, once per program.
+    cold = {w["program"]: w.get("warm_error") for w in status["workers"] if w.get("warm") is False}
+    for name, why in cold.items():
+        print(f"{name}: warm: false ({why or 'no template yet'})")
     return 0
 
 

@@ -13,7 +13,7 @@ import shlex
 import shutil
 import signal
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
@@ -130,6 +130,12 @@ log_max_bytes = size(bare="B", default=None)
 # Rotated files kept of logfile and stderr_logfile; 0 = truncate instead. Default: [gsuper]'s log_backups.
 log_backups = integer(min=0, max=100, default=None)
 # -- end of issue 10 keys --
+# php runner: one template process loads the bootstrap once and forks every worker; a respawn costs a fork.
+warm = boolean(default=False)
+# php runner: a PHP file run in each worker after the bootstrap (after the fork when warm): reconnect, reseed.
+after_fork = path(default=None)
+# php runner: where the opcache extension is present, run with opcache.enable_cli and a file cache in rundir/opcache/NAME.
+opcache = boolean(default=True)
 """
 
 SPEC_GROUP = """
@@ -432,6 +438,9 @@ class ProgramConfig:
     def autoscaled(self) -> bool:
         """True when the worker count follows the backlog (numprocs_max above numprocs)."""
         return self.numprocs_max > self.numprocs
+    warm: bool = False
+    after_fork: str | None = None
+    opcache_dir: str | None = None
 
     def same_except_numprocs(self, other: ProgramConfig) -> bool:
         """True when the two differ at most in numprocs and the scale_* keys (a reload then only scales)."""
@@ -735,6 +744,9 @@ def _build(path: str, raw: Any, origin: dict[str, str], warnings: tuple[str, ...
         kind, _, name = section.partition(":")
         if kind == "program":
             programs[name] = _build_program(origin.get(section, path), name, raw[section], absolute, defaults)
+            if programs[name].runner == "php" and raw[section]["opcache"]:
+                # Cold php workers keep compiled scripts in a file cache here (runners.py).
+                programs[name] = replace(programs[name], opcache_dir=os.path.join(absolute(g["rundir"]), "opcache", name))
         elif kind == "group":
             groups[name] = tuple(raw[section]["programs"])
     for gname, members in groups.items():
@@ -896,6 +908,15 @@ def _build_program(path: str, name: str, sec: Any, absolute: Any, defaults: dict
     env = sec["environment"] or {}
     interpreter = sec["interpreter"]
     numprocs_max = _check_scaling(where, sec)
+    after_fork = absolute(sec["after_fork"]) if sec["after_fork"] else None
+    if (sec["warm"] or after_fork) and runner != "php":
+        raise ConfigError(f"{where} {'warm' if sec['warm'] else 'after_fork'}: only for runner = php")
+    if after_fork and not os.path.isfile(after_fork):
+        raise ConfigError(f"{where} after_fork: file not found: {after_fork}")
+    if sec["warm"] and (sec["request_timeout"] or sec["stderr_logfile"]):
+        # A forked worker has no busy page of its own yet, and shares one output pipe.
+        key = "request_timeout" if sec["request_timeout"] else "stderr_logfile"
+        raise ConfigError(f"{where} {key}: not supported with warm = true yet; use a cold program for it")
     if sec["max_request"] and mode != "loop":
         raise ConfigError(f"{where} max_request: only for mode = loop (a daemon-mode program serves no requests)")
     if sec["request_timeout"] and mode != "loop" and runner in ("php", "python"):
@@ -946,6 +967,8 @@ def _build_program(path: str, name: str, sec: Any, absolute: Any, defaults: dict
         request_timeout_s=sec["request_timeout"],
         max_lifetime_s=sec["max_lifetime"],
         max_lifetime_jitter_s=sec["max_lifetime_jitter"],
+        warm=sec["warm"],
+        after_fork=after_fork,
     )
     _check_workers(where, program, user)
     # The runner files, the script and the bootstrap are read by the worker itself, as the user.

@@ -36,10 +36,12 @@ from gsuper.logs import LogFile, LogFiles
 from gsuper.monitor import MemoryCheck, Monitor, sample_rss
 from gsuper.notify import SystemdNotifier, status_of
 from gsuper.program import Program, RollingError
+from gsuper.pss import add_pss
 from gsuper.reload import Kind, plan_reload
 from gsuper.spawn import SETPRIV
 from gsuper.states import ProcessState
 from gsuper.stdlog import ProgramStdout, StdoutWriter, configure_master_logging
+from gsuper.template import WarmSpawner, template_log
 from gsuper.web.server import MasterSource, WebServer
 
 log = logging.getLogger("gsuper")
@@ -185,9 +187,13 @@ class Master:
     def _make_program(self, pcfg: config.ProgramConfig) -> Program:
         if self.stdout is not None:  # logdir = -: every program's output to stdout, no file
             sink = ProgramStdout(pcfg.name, self.stdout, self.config.log_format)
-            program = Program(pcfg, sink, self.events, spawner=sink.spawner)
+            template_output = sink.line_writer(-1, [0], "template")
+            spawner = WarmSpawner(pcfg.name, template_output, cold=sink.spawner)
+            program = Program(pcfg, sink, self.events, spawner=spawner)
         else:
-            program = Program(pcfg, self.logfiles, self.events)
+            settings = runners.settings(pcfg, 0)
+            logfile = self.logfiles.get(settings.logfile, pcfg.log_max_bytes, pcfg.log_backups)
+            program = Program(pcfg, self.logfiles, self.events, spawner=WarmSpawner(pcfg.name, template_log(logfile)))
         if not pcfg.autostart:  # shown as STOPPED until `start -p NAME`
             program.add_slots()
         return program
@@ -319,6 +325,8 @@ class Master:
             sample_rss(w for p in self.programs.values() for w in p.live_workers())
             self._sampled_at = time.monotonic()
         rows = sorted((row for p in chosen for row in p.snapshot()), key=lambda r: (r["program"], r["index"]))
+        if with_rss:
+            add_pss(rows)
         return {
             "master": {
                 "pid": os.getpid(),

@@ -78,7 +78,9 @@ class Program:
 
     def record_entries(self) -> list[Entry]:
         """The takeover record's entries: each live worker's process group and stop timeout."""
-        return [Entry(w.proc.pid, w.config.stop_timeout_s) for w in self.workers if w.proc is not None and w.alive]
+        entries = [Entry(w.proc.pid, w.config.stop_timeout_s) for w in self.workers if w.proc is not None and w.alive]
+        extra: list[Entry] = self._spawner_hook("record_entries", default=[])  # a warm template's group
+        return entries + extra
 
     def unspawned(self) -> list[str]:
         """`NAME#I: why` for each slot whose last spawn failed."""
@@ -86,7 +88,16 @@ class Program:
 
     def snapshot(self) -> list[dict[str, Any]]:
         """The status rows of the program's workers, by index."""
-        return [w.snapshot() for w in sorted(self.workers, key=lambda w: (w.index, w.started_at))]
+        rows = [w.snapshot() for w in sorted(self.workers, key=lambda w: (w.index, w.started_at))]
+        extra = self._spawner_hook("describe", self._config, default={})  # warm: the template's state
+        for row in rows:
+            row.update(extra)
+        return rows
+
+    def _spawner_hook(self, name: str, *args: Any, default: Any = None) -> Any:
+        """Call the spawner's optional `name` hook (the warm spawner's template lifecycle)."""
+        hook = getattr(self.spawner, name, None)
+        return hook(*args) if hook is not None else default
 
     # -- operations ---------------------------------------------------------------------------
 
@@ -114,6 +125,7 @@ class Program:
         while batch:
             gevent.joinall([gevent.spawn(w.stop, timeout_s) for w in batch])
             batch = [w for w in self.workers if w.proc is not None]
+        self._spawner_hook("close")  # a warm program's template goes with its workers
 
     def halt(self) -> None:
         """From now on start no new worker (the master is stopping)."""
@@ -123,6 +135,7 @@ class Program:
         """SIGKILL every worker's process group at once."""
         for w in self.workers:
             w.kill()
+        self._spawner_hook("kill")
 
     def scale(self, numprocs: int) -> None:
         """Set the number of slots now: new ones start, the highest-indexed ones stop gracefully."""
@@ -190,6 +203,7 @@ class Program:
         when a replacement does not come up.
         """
         config = new_config or self._config
+        self._spawner_hook("renew")  # warm: replacements fork from a new template, of the current code
         replaced = 0
         for old in sorted(self.serving, key=lambda w: w.index):
             if old.index >= config.numprocs and not config.autoscaled:

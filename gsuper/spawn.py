@@ -86,6 +86,7 @@ class Child:
         self._exited = gevent.event.Event()
         self._watcher = gevent.get_hub().loop.child(pid, False)
         self._watcher.start(self._on_exit)
+        _LIVE.add(pid)  # ours (spawned, or forked by a warm template): never a stray
 
     def _on_exit(self) -> None:
         status = self._watcher.rstatus
@@ -158,7 +159,6 @@ def spawn(
         os.chdir(previous)
         for fd in keep_fds:
             os.set_inheritable(fd, False)
-    _LIVE.add(pid)
     return Child(pid)
 
 

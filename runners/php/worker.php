@@ -564,6 +564,16 @@ final class Worker
         $this->reportExit($fatal ? 'error' : 'done', $fatal ? "fatal error: $where" : '');
     }
 
+    /**
+     * A template's copy after a fork: its shutdown function must not report for the child, and
+     * its status stream (the template's socket) is closed.
+     */
+    public function retire(): void
+    {
+        $this->phase = 'done';
+        $this->status = new StatusPipe('', $this);
+    }
+
     public function log(string $message): void
     {
         @fwrite(\STDERR, "gsuper {$this->name}: $message\n");
@@ -573,6 +583,218 @@ final class Worker
     {
         return get_class($e) . ': ' . $e->getMessage() . ' in ' . $e->getFile() . ':' . $e->getLine();
     }
+}
+
+/**
+ * Template mode (`warm = true`): this process has loaded the bootstrap once, serves no request,
+ * and forks a worker whenever the master asks (docs/architecture.md, "Warm workers").
+ *
+ * The master talks to it over a SOCK_SEQPACKET socket (GSUPER_TEMPLATE_FD): each request is one
+ * packet, {"worker": I, "max_request": N}, carrying the write ends of the worker's output and
+ * status pipes (SCM_RIGHTS). The template forks an intermediate child, which forks the worker,
+ * reports {"event": "forked", "pid": P}, waits for the master's one-byte acknowledgement (the
+ * master now watches P) and exits: the worker is orphaned to the master, a subreaper, which
+ * reaps it and gets its true exit status. libc's dup2, prctl and _exit come through FFI.
+ */
+final class Template
+{
+    private \Socket $socket;
+    /** @var resource the stream the socket was imported from (its own descriptor) */
+    private $stream;
+    private \FFI $libc;
+    private int $masterPid;
+    /** The socket's descriptor as inherited (php://fd opened a duplicate of it). */
+    private int $fd;
+
+    private function __construct(private readonly Worker $template, string $fd)
+    {
+        if (!ctype_digit($fd)) {
+            throw new CannotStart("GSUPER_TEMPLATE_FD must be a file descriptor number, not '$fd'");
+        }
+        if (!\extension_loaded('sockets') || !\extension_loaded('posix')) {
+            throw new CannotStart('warm workers need the PHP sockets and posix extensions');
+        }
+        if (!\extension_loaded('ffi')) {
+            throw new CannotStart('warm workers need the PHP FFI extension (for dup2 and prctl)');
+        }
+        try {
+            $this->libc = \FFI::cdef(
+                'int dup2(int, int); int close(int);'
+                . ' int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long); void _exit(int);',
+                'libc.so.6',
+            );
+        } catch (\Throwable $e) {
+            throw new CannotStart('warm workers need PHP FFI (ffi.enable): ' . $e->getMessage());
+        }
+        $stream = @fopen("php://fd/$fd", 'r+');
+        $socket = $stream === false ? false : @socket_import_stream($stream);
+        if ($socket === false) {
+            throw new CannotStart("cannot open the template socket fd $fd");
+        }
+        // The status pipe of the template is this same socket, opened non-blocking: serve blocks.
+        socket_set_block($socket);
+        $this->socket = $socket;
+        $this->stream = $stream;
+        $this->masterPid = posix_getppid();
+        $this->fd = (int) $fd;
+    }
+
+    /**
+     * Serve fork requests until the master closes the socket (then exit 0) or stops us. Returns
+     * only in a forked worker: a fresh Worker, configured from the worker's own settings.
+     */
+    public static function serve(Worker $template, string $fd): Worker
+    {
+        try {
+            $server = new self($template, $fd);
+        } catch (CannotStart $e) {
+            $template->cannotStart($e->getMessage());
+        }
+        gc_collect_cycles(); // what the bootstrap left for the collector is not copied into every worker
+        $server->send(['event' => 'ready', 'pid' => getmypid(), 'template' => true]);
+        while (true) {
+            $message = ['buffer_size' => 4096, 'controllen' => socket_cmsg_space(\SOL_SOCKET, \SCM_RIGHTS, 2)];
+            $got = @socket_recvmsg($server->socket, $message, 0);
+            if ($got === false && socket_last_error($server->socket) === \SOCKET_EINTR) {
+                continue;
+            }
+            if (!$got) { // 0: the master closed its end; false: the socket is gone
+                $template->finish('stopped', EXIT_OK);
+            }
+            // PHP does not tell the numbers of the received descriptors: find them by the pipes'
+            // inode numbers, which the master sends.
+            $request = json_decode(trim((string) ($message['iov'][0] ?? '')), true);
+            $received = $message['control'][0]['data'] ?? [];
+            $fds = [];
+            foreach (self::openFds() as $new) {
+                $fds[(string) @readlink("/proc/self/fd/$new")] = $new;
+            }
+            $fds = \is_array($request) ? [
+                $fds['pipe:[' . ($request['output_ino'] ?? '') . ']'] ?? null,
+                $fds['pipe:[' . ($request['status_ino'] ?? '') . ']'] ?? null,
+            ] : [];
+            if (\count(array_filter($fds)) !== 2) {
+                $template->log('ignored a malformed fork request');
+                continue;
+            }
+            $pid = pcntl_fork();
+            if ($pid === 0) {
+                return $server->intermediate($request, $fds, $received);
+            }
+            unset($received, $message); // closes our copies of the worker's pipes
+            if ($pid < 0) {
+                $server->send(['event' => 'fork_failed', 'message' => 'fork: ' . pcntl_strerror(pcntl_get_last_error())]);
+                continue;
+            }
+            while (pcntl_waitpid($pid, $status) === -1 && pcntl_get_last_error() === \PCNTL_EINTR) {
+            }
+        }
+    }
+
+    /** One packet to the master. */
+    private function send(array $event): void
+    {
+        $line = json_encode($event, \JSON_UNESCAPED_SLASHES) . "\n";
+        @socket_send($this->socket, $line, \strlen($line), 0);
+    }
+
+    /** @return list<int> the open descriptors of this process */
+    private static function openFds(): array
+    {
+        $fds = [];
+        foreach (scandir('/proc/self/fd') ?: [] as $entry) {
+            if (ctype_digit($entry)) {
+                $fds[] = (int) $entry;
+            }
+        }
+        return $fds;
+    }
+
+    /**
+     * In the intermediate child: fork the worker, report its pid, wait for the master's
+     * acknowledgement, then vanish (_exit: no shutdown function, no destructor runs here).
+     *
+     * @param array<string, mixed> $request
+     * @param list<int> $fds
+     * @param array<mixed> $received the streams holding $fds open
+     */
+    private function intermediate(array $request, array $fds, array $received): Worker
+    {
+        $this->template->retire();
+        $pid = pcntl_fork();
+        if ($pid === 0) {
+            return $this->worker($request, $fds, $received);
+        }
+        if ($pid < 0) {
+            $this->send(['event' => 'fork_failed', 'message' => 'fork of the worker failed']);
+            $this->libc->_exit(1);
+        }
+        $this->send(['event' => 'forked', 'pid' => $pid]);
+        @socket_recv($this->socket, $ack, 16, 0);
+        $this->libc->_exit(0);
+        exit(0); // not reached
+    }
+
+    /**
+     * In the worker: its own session, a parent-death signal, its own stdout, stderr and status
+     * pipe, fresh random seeds, and a fresh runner state.
+     *
+     * @param array<string, mixed> $request
+     * @param list<int> $fds
+     * @param array<mixed> $received
+     */
+    private function worker(array $request, array $fds, array $received): Worker
+    {
+        [$output, $status] = $fds;
+        posix_setsid();
+        socket_close($this->socket); // (closes the stream it was imported from too)
+        $this->libc->close($this->fd);
+        // The parent-death signal fires at the death of whoever is the parent then: first the
+        // intermediate, which exits as soon as the master watches us, later the master. Waiting
+        // for the intermediate's exit before setting it would put that exit (a few ms for a big
+        // heap) before the first request; so the signal is SIGUSR2, and its handler tells the
+        // two deaths apart by the parent pid (the kernel reparents before it signals). When the
+        // master died, a TERM to ourselves drains the worker, as PDEATHSIG=TERM would.
+        $master = $this->masterPid;
+        $intermediate = posix_getppid();
+        pcntl_signal(\SIGUSR2, static function () use ($master): void {
+            if (posix_getppid() !== $master) {
+                posix_kill(getmypid(), \SIGTERM);
+            }
+        });
+        $this->libc->prctl(1 /* PR_SET_PDEATHSIG */, \SIGUSR2, 0, 0, 0);
+        $parent = posix_getppid();
+        if ($parent !== $intermediate && $parent !== $master) { // the master died before we could watch it
+            $this->libc->_exit(0);
+        }
+        $this->libc->dup2($output, 1);
+        $this->libc->dup2($output, 2);
+        // The received streams stay open for the worker's life: one of them is its status pipe
+        // (the extra write end of the output pipe closes with the worker, as 1 and 2 do).
+        self::$keep = $received;
+        foreach (STOP_SIGNALS as $signal) {
+            pcntl_signal($signal, \SIG_DFL);
+        }
+        // Random sequences must differ per worker: the template's seeds were copied by fork.
+        mt_srand();
+        srand();
+        putenv('GSUPER_TEMPLATE_FD');
+        putenv('GSUPER_WORKER=' . (int) ($request['worker'] ?? 0));
+        putenv('GSUPER_MAX_REQUEST=' . (int) ($request['max_request'] ?? 0));
+        putenv("GSUPER_STATUS_FD=$status");
+        $env = getenv();
+        $worker = new Worker($env);
+        try {
+            $worker->configure($env);
+        } catch (CannotStart $e) {
+            $worker->cannotStart($e->getMessage());
+        }
+        $worker->start();
+        return $worker;
+    }
+
+    /** @var array<mixed> streams a forked worker keeps open (its status pipe) */
+    private static array $keep = [];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -603,6 +825,21 @@ foreach ($__gsuper->bootstrap as $__gsuper_file) {
     }
 }
 unset($__gsuper_file, $e);
+if ((string) getenv('GSUPER_TEMPLATE_FD') !== '') {
+    $__gsuper = Template::serve($__gsuper, (string) getenv('GSUPER_TEMPLATE_FD')); // returns in each forked worker
+}
+if (($__gsuper_file = (string) getenv('GSUPER_AFTER_FORK')) !== '') {
+    // Global scope, like the bootstrap: an app reconnects here (see docs/runners.md).
+    if (!is_file($__gsuper_file) || !is_readable($__gsuper_file)) {
+        $__gsuper->cannotStart("after_fork file not found or not readable: $__gsuper_file");
+    }
+    try {
+        require $__gsuper_file;
+    } catch (\Throwable $e) {
+        $__gsuper->cannotStart("after_fork file $__gsuper_file failed: " . Worker::describe($e), $e);
+    }
+    unset($__gsuper_file, $e);
+}
 try {
     $__gsuper->run();
 } catch (CannotStart $e) {

@@ -1,0 +1,334 @@
+"""Warm workers: the fork-server side of a program's template process (`warm = true`).
+
+The template is `runners/php/worker.php` in template mode: it loads the bootstrap once, serves
+no request, and forks a worker whenever :meth:`Template.fork` asks. The master and the template
+talk over a SOCK_SEQPACKET socketpair (one packet per message):
+
+- template → master: ``{"event": "ready"}`` once the bootstrap is loaded, or the runner's
+  ``{"event": "exit", "reason": "bootstrap", ...}`` when it cannot be;
+- master → template: ``{"worker": I, "max_request": N}`` with the write ends of the worker's
+  output and status pipes attached (SCM_RIGHTS);
+- an intermediate child of the template → master: ``{"event": "forked", "pid": P}``; the master
+  starts its child watcher on P and acknowledges with one byte; the intermediate then exits, so
+  the worker is orphaned to the master (a subreaper), which reaps it like a spawned worker.
+
+:class:`WarmSpawner` is the spawner of every program's slots: a warm program's workers are
+forked through its template, built (again) when missing, stale or dead; when the template
+cannot be built, the program runs cold (:func:`gsuper.spawn.launch_worker`) and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import gevent
+import gevent.event
+import gevent.lock
+import gevent.queue
+import gevent.socket
+
+from gsuper import runners
+from gsuper.config import ProgramConfig
+from gsuper.logs import LogFile, PipeReader, timestamp
+from gsuper.record import Entry
+from gsuper.spawn import STATUS_LINE_MAX, Child, WorkerProcess, launch_worker, spawn
+
+if TYPE_CHECKING:
+    from gsuper.worker import Process, Spawner
+
+log = logging.getLogger("gsuper")
+
+BUILD_TIMEOUT_S = 60.0  # a bootstrap slower than this is a failed build
+FORK_TIMEOUT_S = 5.0  # a fork request unanswered this long: the template is broken
+STOP_TIMEOUT_S = 5.0  # TERM to the template's group, then SIGKILL
+BACKOFF_START_S, BACKOFF_MAX_S = 0.1, 10.0  # rebuilds of a template that died young
+UP_LONG_ENOUGH_S = 1.0  # a template that lived this long died "late": rebuilt at once
+
+
+class TemplateError(Exception):
+    """The template could not be built or did not answer; the text says why, in one sentence."""
+
+
+def template_log(logfile: LogFile) -> Callable[[bytes], None]:
+    """The template's own stdout and stderr, into the program's log, tagged [template]."""
+
+    def write(data: bytes) -> None:
+        prefix = timestamp() + b" [template] "
+        logfile.write(prefix + data[:-1].replace(b"\n", b"\n" + prefix) + b"\n")
+
+    return write
+
+
+class Template:
+    """One running template process of a program, and the socket to it."""
+
+    def __init__(self, config: ProgramConfig, output: Callable[[bytes], None]) -> None:
+        self.config = config
+        self.output = output  # where the template's own stdout and stderr go
+        self.child: Child | None = None
+        self.started_at = 0.0
+        self.closing = False
+        self._sock: gevent.socket.socket | None = None
+        self._ready = gevent.event.Event()
+        self._failure: str | None = None
+        self._replies: gevent.queue.Queue[dict[str, Any] | None] = gevent.queue.Queue()
+        self._lock = gevent.lock.Semaphore()
+        self._output: PipeReader | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The template's pid while it runs."""
+        return self.child.pid if self.child is not None and self.child.returncode is None else None
+
+    @property
+    def alive(self) -> bool:
+        """True while the template runs and is not being closed."""
+        return self.pid is not None and not self.closing
+
+    def build(self, timeout_s: float = BUILD_TIMEOUT_S) -> None:
+        """Start the template and wait until its bootstrap is loaded; raise TemplateError (why)."""
+        ours, theirs = gevent.socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        out_r, out_w = os.pipe()
+        os.set_blocking(out_r, False)
+        fd = theirs.fileno()
+        env = runners.env_for(self.config, 0, fd, 0)
+        env.update(GSUPER_WORKER="template", GSUPER_TEMPLATE_FD=str(fd))
+        try:
+            directory = runners.settings(self.config, 0).directory
+            self.child = spawn(runners.argv_for(self.config), env, directory, out_w, (fd,), self.config.user)
+        except OSError as exc:
+            ours.close()
+            os.close(out_r)
+            raise TemplateError(f"cannot start the template: {exc.strerror or exc}") from None
+        finally:
+            theirs.close()
+            os.close(out_w)
+        self.started_at = gevent.get_hub().loop.now()
+        self._sock = ours
+        self._output = PipeReader(out_r, self.output)
+        gevent.spawn(self._read)
+        gevent.wait([self._ready, self.child._exited], timeout=timeout_s, count=1)
+        if not self._ready.is_set():
+            why = self._failure or (
+                f"the template exited with code {self.child.returncode}"
+                if self.child.returncode is not None
+                else f"the template was not ready within {timeout_s:.0f}s"
+            )
+            self.close(0.5)
+            raise TemplateError(why)
+
+    def _read(self) -> None:
+        """The template's packets: its ready report, its failure, and the forked pids."""
+        sock = self._sock
+        assert sock is not None
+        while True:
+            try:
+                packet = sock.recv(65536)
+            except OSError:
+                packet = b""
+            if not packet:
+                break
+            for line in packet.splitlines():
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                kind = event.get("event") if isinstance(event, dict) else None
+                if kind == "ready":
+                    self._ready.set()
+                elif kind == "exit":
+                    if event.get("reason") == "bootstrap":
+                        self._failure = "bootstrap failed: " + str(event.get("message", "see the program's log"))[:300]
+                elif kind in ("forked", "fork_failed"):
+                    self._replies.put(event)
+        self._replies.put(None)
+
+    def fork(
+        self,
+        config: ProgramConfig,
+        index: int,
+        max_request: int,
+        on_output: Callable[[bytes], None],
+        on_reports: Callable[[bytes], None],
+    ) -> WorkerProcess:
+        """Fork one worker through the template (one at a time). Raises TemplateError."""
+        with self._lock:
+            sock = self._sock
+            if sock is None or not self.alive:
+                raise TemplateError("the template is not running")
+            status_r, status_w = os.pipe()
+            out_r, out_w = os.pipe()
+            for fd in (status_r, out_r):
+                os.set_blocking(fd, False)
+            # The template tells the two received descriptors apart by their pipes' inodes.
+            inodes = {"output_ino": os.fstat(out_w).st_ino, "status_ino": os.fstat(status_w).st_ino}
+            request = json.dumps({"worker": index, "max_request": max_request, **inodes}).encode()
+            try:
+                socket.send_fds(sock, [request], [out_w, status_w])
+                reply = self._replies.get(timeout=FORK_TIMEOUT_S)
+            except (OSError, gevent.queue.Empty) as exc:
+                reply = {"event": "fork_failed", "message": getattr(exc, "strerror", None) or "no answer"}
+            finally:
+                os.close(out_w)
+                os.close(status_w)
+            pid = reply.get("pid") if reply else None
+            if not isinstance(pid, int) or pid <= 0:
+                for fd in (status_r, out_r):
+                    os.close(fd)
+                message = (reply or {}).get("message", "the template is gone")
+                raise TemplateError(f"the template could not fork a worker ({message})")
+            # Watch first, then let the intermediate exit: the worker becomes our child only then.
+            child = Child(pid)
+            try:
+                sock.send(b"k")
+            except OSError:
+                pass
+        return WorkerProcess(child, PipeReader(out_r, on_output), PipeReader(status_r, on_reports, STATUS_LINE_MAX))
+
+    def close(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Stop the template: TERM to its group, SIGKILL after the timeout. Workers it forked
+        are the master's children in their own groups: they go on."""
+        self.closing = True
+        if self._sock is not None:
+            self._sock.close()
+        child = self.child
+        if child is None or child.returncode is not None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(child.pid, sig)
+            except OSError:
+                return
+            if child.wait(timeout_s) is not None:
+                return
+
+    def kill(self) -> None:
+        """SIGKILL the template's group at once (forced exit)."""
+        self.closing = True
+        if self.child is not None and self.child.returncode is None:
+            try:
+                os.killpg(self.child.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+class WarmSpawner:
+    """The spawner of a program's slots: through the template when `warm`, else cold."""
+
+    def __init__(self, name: str, output: Callable[[bytes], None], cold: Spawner = launch_worker) -> None:
+        self.name = name
+        self.output = output  # the template's own output
+        self.cold = cold  # the spawner of a program that is not warm, or runs cold
+        self.template: Template | None = None
+        self.reason: str | None = None  # why the program runs cold although warm
+        self._cold_config: ProgramConfig | None = None  # the config that reason is about
+        self._stale = False
+        self._failures = 0
+        self._lock = gevent.lock.Semaphore()
+
+    def __call__(
+        self,
+        config: ProgramConfig,
+        index: int,
+        max_request: int,
+        on_output: Callable[[bytes], None],
+        on_reports: Callable[[bytes], None],
+        on_errors: Callable[[bytes], None] | None = None,
+    ) -> Process:
+        """Spawn one worker: forked from the template when warm, else (or on failure) cold.
+
+        A forked worker's stderr goes with its stdout (`stderr_logfile` applies to cold ones)."""
+        template = self._ensure(config) if config.warm else None
+        if template is not None:
+            try:
+                return template.fork(config, index, max_request, on_output, on_reports)
+            except TemplateError as exc:
+                log.warning("%s#%d: %s; starting it cold", self.name, index, exc)
+                self._discard(template)
+        if on_errors is None:
+            return self.cold(config, index, max_request, on_output, on_reports)
+        return self.cold(config, index, max_request, on_output, on_reports, on_errors=on_errors)
+
+    def _ensure(self, config: ProgramConfig) -> Template | None:
+        """The live template for `config`, built if missing, stale, dead or for another config;
+        None when the program runs cold (the build failed for this config)."""
+        with self._lock:
+            current = self.template
+            if current is not None and current.alive and not self._stale and current.config.same_except_numprocs(config):
+                return current
+            if self.reason is not None and not self._stale and self._cold_config == config:
+                return None
+            self.template, self._stale = None, False
+            if current is not None:
+                gevent.spawn(current.close)
+            if self._failures:
+                gevent.sleep(min(BACKOFF_START_S * 2 ** (self._failures - 1), BACKOFF_MAX_S))
+            fresh = Template(config, self.output)
+            try:
+                fresh.build()
+            except TemplateError as exc:
+                self.reason, self._cold_config = str(exc), config
+                log.warning("%s: the template could not be built (%s), so its workers start cold", self.name, exc)
+                return None
+            self.template, self.reason, self._cold_config = fresh, None, None
+            log.info("%s: template %d ready (bootstrap loaded once; workers are forked from it)", self.name, fresh.pid)
+            gevent.spawn(self._watch, fresh)
+            return fresh
+
+    def _watch(self, template: Template) -> None:
+        """A template that dies by itself is rebuilt, with backoff when it died young."""
+        assert template.child is not None
+        code = template.child.wait()
+        if template.closing or template is not self.template:
+            return
+        lived = gevent.get_hub().loop.now() - template.started_at
+        self._failures = 0 if lived >= UP_LONG_ENOUGH_S else self._failures + 1
+        log.warning("%s: template %d died (exit %s); rebuilding it", self.name, template.child.pid, code)
+        self._discard(template)
+        self._ensure(template.config)
+
+    def _discard(self, template: Template) -> None:
+        if self.template is template:
+            self.template = None
+        gevent.spawn(template.close)
+
+    def renew(self) -> None:
+        """The next spawn builds a new template from the current code (reload, rolling restart)."""
+        self._stale = True
+        self.reason = None
+
+    def close(self) -> None:
+        """Stop the template (the program stopped); the next start builds a new one."""
+        template, self.template = self.template, None
+        self.reason, self._stale, self._failures = None, False, 0
+        if template is not None:
+            template.close()
+
+    def kill(self) -> None:
+        """SIGKILL the template's group (forced exit)."""
+        if self.template is not None:
+            self.template.kill()
+
+    def record_entries(self) -> list[Entry]:
+        """The template's process group, for the takeover record."""
+        template = self.template
+        pid = template.pid if template is not None else None
+        return [Entry(pid, STOP_TIMEOUT_S)] if pid is not None else []
+
+    def describe(self, config: ProgramConfig) -> dict[str, Any]:
+        """What status shows of a warm program: `warm` (bool) and, when cold, `warm_error`."""
+        if not config.warm:
+            return {}
+        template = self.template
+        warm = template is not None and template.alive
+        return {
+            "warm": warm,
+            "warm_error": None if warm else self.reason,
+            "template_pid": template.pid if warm and template is not None else None,
+        }
