@@ -4,7 +4,7 @@ from setuptools import setup
 
 setup(
     name="gsuper",
-    version="0.1.0",
+    version="0.2.0",
     description="A process supervisor on gevent for PHP queue consumers, Python and shell scripts",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -1,3 +1,3 @@
 """gsuper: a process supervisor on gevent for PHP queue consumers, Python and shell scripts."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

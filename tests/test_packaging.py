@@ -33,6 +33,6 @@ def test_installed_package_finds_its_runner_files(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(target)}
     run = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "0.1.0"
+    assert run.stdout.strip() == "0.2.0"
     script = subprocess.run([sys.executable, "-m", "gsuper", "--version"], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert script.stdout.strip() == "gsuper 0.1.0"
+    assert script.stdout.strip() == "gsuper 0.2.0"

@@ -77,7 +77,7 @@ def test_metrics_move_as_workers_serve_recycle_and_die(gs):
     for state in STATES:
         assert value(first, "gsuper_workers", program="consumer", state=state) is not None, state
     assert value(first, "gsuper_workers_desired", program="consumer") == 2
-    assert value(first, "gsuper_build_info", version="0.1.0") == 1
+    assert value(first, "gsuper_build_info", version="0.2.0") == 1
 
     def served_and_recycled():
         m = metrics(port)
