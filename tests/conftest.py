@@ -257,3 +257,21 @@ def redis_server(tmp_path: Path) -> Iterator[Any]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """spawn(argv, env, cwd, **options) -> runner_harness.RunnerProcess: a runner started as the
+    master starts it (tests of the runners without a master); each one is ended after the test."""
+    from runner_harness import RunnerProcess
+
+    started: list[RunnerProcess] = []
+
+    def start(argv: list[str], env: dict[str, Any], cwd: Path, **kw: Any) -> RunnerProcess:
+        worker = RunnerProcess(argv, env, cwd, tmp_path, **kw)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.close()

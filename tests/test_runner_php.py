@@ -6,23 +6,21 @@ events and polls for conditions up to a deadline. Fixtures: tests/php_helpers/.
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
-import select
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from conftest import kill_group_and_reap, wait_for
+from conftest import wait_for
+from runner_harness import RunnerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "runners" / "php" / "worker.php"
@@ -41,14 +39,12 @@ def log_lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-class PhpWorker:
-    """One runner process, started as the master starts it, with its status pipe read here."""
+@pytest.fixture
+def start(spawn: Callable[..., RunnerProcess], tmp_path: Path) -> Callable[..., RunnerProcess]:
+    """start(script=..., handler=..., bootstrap=..., env=..., ...) -> the PHP runner, started as
+    the master starts it (tests/runner_harness.py); ended after the test."""
 
-    _serial = itertools.count()
-
-    def __init__(
-        self,
-        tmp_path: Path,
+    def starter(
         *,
         script: Path | None = None,
         handler: str = "",
@@ -57,126 +53,20 @@ class PhpWorker:
         cwd: Path | None = None,
         name: str = "test",
         index: int = 0,
-        status_pipe: bool = True,
-    ) -> None:
-        self.log = tmp_path / "test.log"
-        serial = next(self._serial)
-        self.stdout_path = tmp_path / f"{name}-{index}-{serial}.stdout"
-        self.stderr_path = tmp_path / f"{name}-{index}-{serial}.stderr"
-        self.events: list[Event] = []
-        self._buffer = b""
-        self._eof = False
-        full_env = dict(os.environ)  # carries GSUPER_TEST_TOKEN (conftest's leak check)
-        full_env.update(
-            GSUPER_PROGRAM=name,
-            GSUPER_WORKER=str(index),
-            GSUPER_SCRIPT=str(script) if script else "",
-            GSUPER_HANDLER=handler,
-            GSUPER_BOOTSTRAP="\n".join(str(path) for path in bootstrap),
-            GSUPER_USLEEP="0",
-            TEST_LOG=str(self.log),
-        )
-        full_env.update({key: str(value) for key, value in (env or {}).items()})
-        self._fd: int | None = None
-        pass_fds: tuple[int, ...] = ()
-        if status_pipe:
-            self._fd, write_fd = os.pipe()
-            full_env["GSUPER_STATUS_FD"] = str(write_fd)
-            pass_fds = (write_fd,)
-        else:
-            full_env.pop("GSUPER_STATUS_FD", None)
-            self._eof = True
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                [PHP or "php", str(RUNNER)],
-                cwd=cwd or tmp_path,
-                env=full_env,
-                pass_fds=pass_fds,
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-            )
-        if status_pipe:
-            os.close(write_fd)  # the child holds the only write end: EOF when it is gone
+        **options: Any,
+    ) -> RunnerProcess:
+        full_env: dict[str, object] = {
+            "GSUPER_PROGRAM": name,
+            "GSUPER_WORKER": index,
+            "GSUPER_SCRIPT": script or "",
+            "GSUPER_HANDLER": handler,
+            "GSUPER_BOOTSTRAP": "\n".join(str(path) for path in bootstrap),
+            "GSUPER_USLEEP": 0,
+            **(env or {}),
+        }
+        return spawn([PHP or "php", str(RUNNER)], full_env, cwd or tmp_path, log=tmp_path / "test.log", **options)
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def _read(self, timeout: float) -> None:
-        """Read what the pipe has (waiting up to `timeout` for something), parse whole lines."""
-        if self._eof or self._fd is None:
-            time.sleep(min(timeout, 0.02))
-            return
-        ready, _, _ = select.select([self._fd], [], [], timeout)
-        if not ready:
-            return
-        chunk = os.read(self._fd, 65536)
-        if not chunk:
-            self._eof = True
-            return
-        *lines, self._buffer = (self._buffer + chunk).split(b"\n")
-        self.events.extend(json.loads(line) for line in lines)
-
-    def wait_event(self, predicate: Callable[[Event], bool], timeout: float = 10.0) -> Event:
-        """The first event (already read or to come) for which `predicate` holds."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for event in self.events[seen:]:
-                if predicate(event):
-                    return event
-            seen = len(self.events)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or (self._eof and seen == len(self.events)):
-                raise AssertionError(f"no such event within {timeout} s; events: {self.events[-5:]}")
-            self._read(min(remaining, 0.1))
-
-    def wait_exit(self, timeout: float = 10.0) -> int:
-        """Wait for the process to end, then read the rest of its reports. Returns its exit code."""
-        code = self.proc.wait(timeout)
-        deadline = time.monotonic() + 5
-        while not self._eof and time.monotonic() < deadline:
-            self._read(0.1)
-        return code
-
-    def of(self, kind: str) -> list[Event]:
-        return [event for event in self.events if event["event"] == kind]
-
-    @property
-    def exit_event(self) -> Event:
-        exits = self.of("exit")
-        assert exits, f"no exit event; events: {self.events[-5:]}; stderr: {self.stderr()}"
-        return exits[-1]
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def signal(self, signo: int) -> None:
-        os.kill(self.pid, signo)
-
-    def close(self) -> None:
-        """End the process group if still there, reap, close the pipe."""
-        kill_group_and_reap(self.proc)
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[..., PhpWorker]]:
-    """start(**kwargs) -> PhpWorker; every worker is ended and reaped after the test."""
-    workers: list[PhpWorker] = []
-
-    def starter(**kwargs: Any) -> PhpWorker:
-        worker = PhpWorker(tmp_path, **kwargs)
-        workers.append(worker)
-        return worker
-
-    yield starter
-    for worker in workers:
-        worker.close()
+    return starter
 
 
 def cpu_seconds(pid: int) -> float:
@@ -184,7 +74,7 @@ def cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
-def cpu_share(worker: PhpWorker, window: float = 1.0) -> float:
+def cpu_share(worker: RunnerProcess, window: float = 1.0) -> float:
     """The share of one core the worker used over `window` seconds of wall time."""
     wall0, cpu0 = time.monotonic(), cpu_seconds(worker.pid)
     wait_for(lambda: time.monotonic() - wall0 >= window, window + 5, "the measuring window")
@@ -195,32 +85,32 @@ def cpu_share(worker: PhpWorker, window: float = 1.0) -> float:
 
 
 @pytest.mark.timeout(60)
-def test_max_request_runs_exactly_that_many_then_exits_0(start: Callable[..., PhpWorker]) -> None:
+def test_max_request_runs_exactly_that_many_then_exits_0(start: Callable[..., RunnerProcess]) -> None:
     worker = start(handler="Fixtures\\Jobs\\Counter::handle", bootstrap=(HANDLERS,), env={"GSUPER_MAX_REQUEST": 7})
     assert worker.wait_exit() == 0
     assert worker.of("ready")[0]["pid"] == worker.pid
-    assert worker.exit_event == {"event": "exit", "reason": "max_request", "requests": 7}
+    assert worker.exit_event() == {"event": "exit", "reason": "max_request", "requests": 7}
     last = worker.of("request")[-1]
     assert last["requests"] == 7 and last["memory"] > 1_000_000 and last["ms"] >= 0
     assert log_lines(worker.log).count("handle") == 7
 
 
 @pytest.mark.timeout(60)
-def test_tiny_requests_are_counted_exactly_and_reports_are_rate_limited(start: Callable[..., PhpWorker]) -> None:
+def test_tiny_requests_are_counted_exactly_and_reports_are_rate_limited(start: Callable[..., RunnerProcess]) -> None:
     worker = start(handler="Fixtures\\Jobs\\noop", bootstrap=(HANDLERS,), env={"GSUPER_MAX_REQUEST": 300_000})
     assert worker.wait_exit(30) == 0
-    assert worker.exit_event == {"event": "exit", "reason": "max_request", "requests": 300_000}
+    assert worker.exit_event() == {"event": "exit", "reason": "max_request", "requests": 300_000}
     counts = [event["requests"] for event in worker.of("request")]
     assert counts[-1] == 300_000
     assert counts == sorted(counts) and len(counts) < 1000
 
 
 @pytest.mark.timeout(60)
-def test_memory_limit_ends_a_leaking_worker_cleanly(start: Callable[..., PhpWorker]) -> None:
+def test_memory_limit_ends_a_leaking_worker_cleanly(start: Callable[..., RunnerProcess]) -> None:
     limit = 96 << 20
     worker = start(handler="Fixtures\\Jobs\\Leaker::handle", bootstrap=(HANDLERS,), env={"GSUPER_MEMORY_LIMIT": limit})
     assert worker.wait_exit(30) == 0
-    exit_event = worker.exit_event
+    exit_event = worker.exit_event()
     assert exit_event["reason"] == "memory_limit"
     # 4 MB per request from a ~20 MB start: over 96 MB after about 20 requests.
     assert 5 <= exit_event["requests"] <= 40
@@ -229,7 +119,7 @@ def test_memory_limit_ends_a_leaking_worker_cleanly(start: Callable[..., PhpWork
 
 
 @pytest.mark.timeout(60)
-def test_sigterm_lets_the_request_in_progress_finish(start: Callable[..., PhpWorker]) -> None:
+def test_sigterm_lets_the_request_in_progress_finish(start: Callable[..., RunnerProcess]) -> None:
     worker = start(handler="Fixtures\\Jobs\\Slow::handle", bootstrap=(HANDLERS,), env={"SLOW_S": 2})
     wait_for(lambda: any(line.startswith("start") for line in log_lines(worker.log)), 10, "the request to start")
     worker.signal(signal.SIGTERM)
@@ -238,47 +128,47 @@ def test_sigterm_lets_the_request_in_progress_finish(start: Callable[..., PhpWor
     started = float(next(line for line in lines if line.startswith("start")).split()[1])
     ended = float(next(line for line in lines if line.startswith("end")).split()[1])
     assert ended - started >= 1.9, "the sleep inside the request was cut short by the signal"
-    assert worker.exit_event == {"event": "exit", "reason": "stopped", "requests": 1}
+    assert worker.exit_event() == {"event": "exit", "reason": "stopped", "requests": 1}
 
 
 @pytest.mark.timing
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT])
 @pytest.mark.parametrize("usleep", [5_000_000, 0])
-def test_stop_while_idle_is_quick(start: Callable[..., PhpWorker], signo: int, usleep: int) -> None:
+def test_stop_while_idle_is_quick(start: Callable[..., RunnerProcess], signo: int, usleep: int) -> None:
     """Idle in a 5 s usleep, or spinning on tiny requests in batches: a stop ends it at once."""
     worker = start(handler="Fixtures\\Jobs\\noop", bootstrap=(HANDLERS,), env={"GSUPER_USLEEP": usleep})
-    worker.wait_event(lambda e: e["event"] == "request")
+    worker.wait_event("request")
     stopped_at = time.monotonic()
     worker.signal(signo)
     assert worker.wait_exit(5) == 0
     assert time.monotonic() - stopped_at < 1.0
-    assert worker.exit_event["reason"] == "stopped"
-    assert worker.exit_event["requests"] == worker.of("request")[-1]["requests"]
+    assert worker.exit_event()["reason"] == "stopped"
+    assert worker.exit_event()["requests"] == worker.of("request")[-1]["requests"]
 
 
 @pytest.mark.timeout(30)
-def test_stop_is_not_lost_when_business_code_unblocks_the_signal(start: Callable[..., PhpWorker]) -> None:
+def test_stop_is_not_lost_when_business_code_unblocks_the_signal(start: Callable[..., RunnerProcess]) -> None:
     worker = start(handler="Fixtures\\Jobs\\Unblocker::handle", bootstrap=(HANDLERS,))
-    worker.wait_event(lambda e: e["event"] == "request")
+    worker.wait_event("request")
     worker.signal(signal.SIGTERM)
     assert worker.wait_exit(5) == 0
-    assert worker.exit_event["reason"] == "stopped"
+    assert worker.exit_event()["reason"] == "stopped"
 
 
 @pytest.mark.timeout(30)
-def test_stop_during_bootstrap_ends_cleanly(start: Callable[..., PhpWorker]) -> None:
+def test_stop_during_bootstrap_ends_cleanly(start: Callable[..., RunnerProcess]) -> None:
     worker = start(handler="Fixtures\\Jobs\\noop", bootstrap=(HANDLERS, HELPERS / "bootstrap_slow.php"))
     wait_for(lambda: "bootstrap start" in log_lines(worker.log), 10, "the bootstrap to begin")
     worker.signal(signal.SIGTERM)
     assert worker.wait_exit(5) == 0
-    assert worker.exit_event == {"event": "exit", "reason": "stopped", "requests": 0}
+    assert worker.exit_event() == {"event": "exit", "reason": "stopped", "requests": 0}
     assert "bootstrap end" not in log_lines(worker.log)
     assert not worker.of("ready")
 
 
 @pytest.mark.timeout(60)
-def test_bootstrap_is_loaded_once_per_life(start: Callable[..., PhpWorker]) -> None:
+def test_bootstrap_is_loaded_once_per_life(start: Callable[..., RunnerProcess]) -> None:
     worker = start(
         handler="Fixtures\\Jobs\\Counter::handle",
         bootstrap=(HELPERS / "bootstrap_count.php", HANDLERS),
@@ -294,28 +184,28 @@ def test_bootstrap_is_loaded_once_per_life(start: Callable[..., PhpWorker]) -> N
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("handler", ["Fixtures\\Jobs\\StaticJob::run", "\\Fixtures\\Jobs\\StaticJob::run"])
-def test_static_method_is_called_statically(start: Callable[..., PhpWorker], handler: str) -> None:
+def test_static_method_is_called_statically(start: Callable[..., RunnerProcess], handler: str) -> None:
     # StaticJob's constructor needs an argument: an instance would fail to be made.
     worker = start(handler=handler, bootstrap=(HANDLERS,), env={"GSUPER_MAX_REQUEST": 3})
-    assert worker.wait_exit() == 0, worker.stderr()
+    assert worker.wait_exit() == 0, worker.err()
     assert log_lines(worker.log) == ["static"] * 3
 
 
 @pytest.mark.timeout(60)
-def test_function_handler(start: Callable[..., PhpWorker]) -> None:
+def test_function_handler(start: Callable[..., RunnerProcess]) -> None:
     worker = start(handler="Fixtures\\Jobs\\work", bootstrap=(HANDLERS,), env={"GSUPER_MAX_REQUEST": 3})
-    assert worker.wait_exit() == 0, worker.stderr()
+    assert worker.wait_exit() == 0, worker.err()
     assert log_lines(worker.log) == ["function"] * 3
 
 
 @pytest.mark.timeout(60)
-def test_script_variables_do_not_leak_between_requests(start: Callable[..., PhpWorker]) -> None:
+def test_script_variables_do_not_leak_between_requests(start: Callable[..., RunnerProcess]) -> None:
     worker = start(
         script=HELPERS / "script_scope.php",
         bootstrap=(HELPERS / "bootstrap_count.php",),
         env={"GSUPER_MAX_REQUEST": 4},
     )
-    assert worker.wait_exit() == 0, worker.stderr()
+    assert worker.wait_exit() == 0, worker.err()
     # Bootstrap files run in the global scope, like the top of an entry script.
     assert log_lines(worker.log) == ["bootstrap"] + ["clean set by the bootstrap"] * 4
 
@@ -346,44 +236,44 @@ def test_script_variables_do_not_leak_between_requests(start: Callable[..., PhpW
         "bad-setting",
     ],
 )
-def test_a_worker_that_cannot_start_exits_78(start: Callable[..., PhpWorker], settings: dict[str, Any], message: str) -> None:
+def test_a_worker_that_cannot_start_exits_78(start: Callable[..., RunnerProcess], settings: dict[str, Any], message: str) -> None:
     worker = start(**settings)
     assert worker.wait_exit() == 78
-    exit_event = worker.exit_event
+    exit_event = worker.exit_event()
     assert (exit_event["reason"], exit_event["requests"]) == ("bootstrap", 0)
     assert message in exit_event["message"]
     assert not worker.of("ready")
-    stderr = worker.stderr()
+    stderr = worker.err()
     assert "cannot start" in stderr and message in stderr
 
 
 @pytest.mark.timeout(60)
-def test_failed_requests_are_logged_and_counted_and_the_loop_goes_on(start: Callable[..., PhpWorker]) -> None:
+def test_failed_requests_are_logged_and_counted_and_the_loop_goes_on(start: Callable[..., RunnerProcess]) -> None:
     worker = start(handler="Fixtures\\Jobs\\Flaky::handle", bootstrap=(HANDLERS,), env={"GSUPER_MAX_REQUEST": 6})
     assert worker.wait_exit() == 0
-    assert worker.exit_event == {"event": "exit", "reason": "max_request", "requests": 6}
+    assert worker.exit_event() == {"event": "exit", "reason": "max_request", "requests": 6}
     errors = worker.of("error")
     assert [e["requests"] for e in errors] == [1, 3, 5]
     assert errors[0]["message"] == "Fixtures\\Jobs\\FlakyFailure: flaky failure 1"
     assert log_lines(worker.log) == ["ok"] * 3
-    stderr = worker.stderr()
+    stderr = worker.err()
     assert "request 1 failed: Fixtures\\Jobs\\FlakyFailure: flaky failure 1" in stderr
     assert "Stack trace:" in stderr and "handlers.php" in stderr
 
 
 @pytest.mark.timeout(60)
-def test_on_error_exit_ends_the_worker_with_70(start: Callable[..., PhpWorker]) -> None:
+def test_on_error_exit_ends_the_worker_with_70(start: Callable[..., RunnerProcess]) -> None:
     worker = start(
         handler="Fixtures\\Jobs\\Flaky::handle",
         bootstrap=(HANDLERS,),
         env={"GSUPER_MAX_REQUEST": 6, "GSUPER_ON_ERROR": "exit"},
     )
     assert worker.wait_exit() == 70
-    assert worker.exit_event == {"event": "exit", "reason": "error", "requests": 1}
+    assert worker.exit_event() == {"event": "exit", "reason": "error", "requests": 1}
 
 
 @pytest.mark.timeout(60)
-def test_an_undefined_function_is_a_failed_request(start: Callable[..., PhpWorker]) -> None:
+def test_an_undefined_function_is_a_failed_request(start: Callable[..., RunnerProcess]) -> None:
     # In PHP 8 that is an \Error exception, caught like any other.
     worker = start(script=HELPERS / "script_undefined.php", env={"GSUPER_MAX_REQUEST": 2})
     assert worker.wait_exit() == 0
@@ -391,48 +281,49 @@ def test_an_undefined_function_is_a_failed_request(start: Callable[..., PhpWorke
 
 
 @pytest.mark.timeout(60)
-def test_a_fatal_error_is_reported(start: Callable[..., PhpWorker]) -> None:
+def test_a_fatal_error_is_reported(start: Callable[..., RunnerProcess]) -> None:
     worker = start(script=HELPERS / "script_fatal.php")
     assert worker.wait_exit() == 255
-    exit_event = worker.exit_event
+    exit_event = worker.exit_event()
     assert (exit_event["reason"], exit_event["requests"]) == ("error", 1)
     assert "fatal error: fatal on purpose" in exit_event["message"]
-    assert "request 1 died of a fatal error: fatal on purpose" in worker.stderr()
+    assert "request 1 died of a fatal error: fatal on purpose" in worker.err()
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(("code", "expected"), [("", 0), ("3", 3)])
-def test_daemon_mode_runs_the_script_once(start: Callable[..., PhpWorker], code: str, expected: int) -> None:
+def test_daemon_mode_runs_the_script_once(start: Callable[..., RunnerProcess], code: str, expected: int) -> None:
     worker = start(script=HELPERS / "daemon.php", env={"GSUPER_MODE": "daemon", "DAEMON_EXIT": code})
     assert worker.wait_exit() == expected
-    assert worker.exit_event == {"event": "exit", "reason": "done", "requests": 1}
+    assert worker.exit_event() == {"event": "exit", "reason": "done", "requests": 1}
     assert log_lines(worker.log) == ["daemon ran"]
 
 
 @pytest.mark.timeout(60)
-def test_runs_without_a_status_fd(start: Callable[..., PhpWorker]) -> None:
+def test_runs_without_a_status_fd(start: Callable[..., RunnerProcess]) -> None:
     worker = start(handler="Fixtures\\Jobs\\work", bootstrap=(HANDLERS,), env={"GSUPER_MAX_REQUEST": 3}, status_pipe=False)
     assert worker.wait_exit() == 0
     assert log_lines(worker.log) == ["function"] * 3
 
 
 @pytest.mark.timeout(60)
-def test_a_full_status_pipe_never_stalls_the_worker(start: Callable[..., PhpWorker]) -> None:
+def test_a_full_status_pipe_never_stalls_the_worker(start: Callable[..., RunnerProcess]) -> None:
     # Every request fails: one error event each (~80 bytes), far more than a pipe holds, and
     # nobody reads the pipe until the worker is gone.
-    worker = start(script=HELPERS / "script_undefined.php", env={"GSUPER_MAX_REQUEST": 3000})
+    worker = start(script=HELPERS / "script_undefined.php", env={"GSUPER_MAX_REQUEST": 3000}, read_status=False)
     assert worker.proc.wait(30) == 0
+    worker.read_now()
     worker.wait_exit()
     assert worker.events, "what fitted in the pipe is there, in whole lines"
     assert len(worker.of("error")) < 3000
 
 
 @pytest.mark.timeout(60)
-def test_process_title(start: Callable[..., PhpWorker]) -> None:
+def test_process_title(start: Callable[..., RunnerProcess]) -> None:
     worker = start(
         handler="Fixtures\\Jobs\\noop", bootstrap=(HANDLERS,), env={"GSUPER_USLEEP": 100_000}, name="member_1", index=2
     )
-    worker.wait_event(lambda e: e["event"] == "ready")
+    worker.wait_event("ready")
     assert " ".join(psutil.Process(worker.pid).cmdline()).startswith("gsuper: member_1#2")
     worker.signal(signal.SIGTERM)
     assert worker.wait_exit() == 0
@@ -440,25 +331,25 @@ def test_process_title(start: Callable[..., PhpWorker]) -> None:
 
 @pytest.mark.timing
 @pytest.mark.timeout(60)
-def test_usleep_keeps_an_empty_loop_off_the_cpu(start: Callable[..., PhpWorker]) -> None:
+def test_usleep_keeps_an_empty_loop_off_the_cpu(start: Callable[..., RunnerProcess]) -> None:
     guarded = start(handler="Fixtures\\Jobs\\noop", bootstrap=(HANDLERS,), env={"GSUPER_USLEEP": 1000})
-    guarded.wait_event(lambda e: e["event"] == "request")
+    guarded.wait_event("request")
     guarded_share = cpu_share(guarded)
     guarded.signal(signal.SIGTERM)
     assert guarded.wait_exit() == 0
     spinning = start(handler="Fixtures\\Jobs\\noop", bootstrap=(HANDLERS,), env={"GSUPER_USLEEP": 0})
-    spinning.wait_event(lambda e: e["event"] == "request")
+    spinning.wait_event("request")
     spinning_share = cpu_share(spinning)
     spinning.signal(signal.SIGTERM)
     assert spinning.wait_exit() == 0
     assert guarded_share < 0.5, f"usleep=1000 used {guarded_share:.0%} of a core"
     assert spinning_share > max(0.4, 2 * guarded_share), f"usleep=0 used {spinning_share:.0%} of a core"
     # ~1 ms per request with usleep=1000, far more without.
-    assert spinning.exit_event["requests"] > 10 * guarded.exit_event["requests"]
+    assert spinning.exit_event()["requests"] > 10 * guarded.exit_event()["requests"]
 
 
 @pytest.mark.timeout(120)
-def test_the_loop_costs_little_more_than_a_bare_for_loop(start: Callable[..., PhpWorker]) -> None:
+def test_the_loop_costs_little_more_than_a_bare_for_loop(start: Callable[..., RunnerProcess]) -> None:
     """An empty handler with usleep=0: ns per request against a bare PHP for loop (best of 4).
 
     The design aim is >= 80% of the bare loop's speed (about 90% on an idle machine); the bar
@@ -476,7 +367,7 @@ def test_the_loop_costs_little_more_than_a_bare_for_loop(start: Callable[..., Ph
             env={"GSUPER_MAX_REQUEST": n},
         )
         assert worker.wait_exit(60) == 0
-        runs.append(float(worker.stderr().split("bench ")[1].split()[0]))
+        runs.append(float(worker.err().split("bench ")[1].split()[0]))
     ratio = min(bare) / min(runs)
     print(f"speed: bare loop {min(bare):.2f} ns per call, runner {min(runs):.2f} ns per request, ratio {ratio:.2f}")
     assert ratio >= 0.6, f"bare loop {min(bare):.1f} ns per call, runner {min(runs):.1f} ns per request"
@@ -485,7 +376,7 @@ def test_the_loop_costs_little_more_than_a_bare_for_loop(start: Callable[..., Ph
 # --- examples/php_spool -------------------------------------------------------------------------
 
 
-def spool_worker(start: Callable[..., PhpWorker], spool: Path, index: int) -> PhpWorker:
+def spool_worker(start: Callable[..., RunnerProcess], spool: Path, index: int) -> RunnerProcess:
     return start(
         script=SPOOL_EXAMPLE / "consume.php",
         cwd=SPOOL_EXAMPLE,
@@ -496,7 +387,7 @@ def spool_worker(start: Callable[..., PhpWorker], spool: Path, index: int) -> Ph
 
 
 @pytest.mark.timeout(90)
-def test_spool_example_consumes_each_job_once(start: Callable[..., PhpWorker], tmp_path: Path) -> None:
+def test_spool_example_consumes_each_job_once(start: Callable[..., RunnerProcess], tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     produced = subprocess.run(
         [PHP or "php", str(SPOOL_EXAMPLE / "produce.php"), "200", "t"],
@@ -514,15 +405,15 @@ def test_spool_example_consumes_each_job_once(start: Callable[..., PhpWorker], t
         worker.signal(signal.SIGTERM)
     for worker in workers:
         assert worker.wait_exit() == 0
-        assert worker.exit_event["reason"] == "stopped"
+        assert worker.exit_event()["reason"] == "stopped"
     lines = log_lines(done)
     assert sorted(lines) == sorted(f"t-{i}" for i in range(1, 201)), "each job done exactly once"
     assert not list(spool.glob("*.job")) and not list(spool.glob(".processing/*/*"))
-    assert all(w.exit_event["requests"] > 0 for w in workers), "both workers took part"
+    assert all(w.exit_event()["requests"] > 0 for w in workers), "both workers took part"
 
 
 @pytest.mark.timeout(60)
-def test_spool_example_finishes_a_job_left_by_a_dead_worker(start: Callable[..., PhpWorker], tmp_path: Path) -> None:
+def test_spool_example_finishes_a_job_left_by_a_dead_worker(start: Callable[..., RunnerProcess], tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     mine = spool / ".processing" / "spool-0"
     mine.mkdir(parents=True)
@@ -575,7 +466,7 @@ def redis_port(redis_server: Any) -> int:
     return int(redis_server.port)
 
 
-def redis_worker(start: Callable[..., PhpWorker], port: int, index: int) -> PhpWorker:
+def redis_worker(start: Callable[..., RunnerProcess], port: int, index: int) -> RunnerProcess:
     return start(
         handler="App\\Jobs\\Consumer::handle",
         bootstrap=(REDIS_EXAMPLE / "vendor" / "autoload.php", REDIS_EXAMPLE / "bootstrap" / "app.php"),
@@ -587,7 +478,7 @@ def redis_worker(start: Callable[..., PhpWorker], port: int, index: int) -> PhpW
 
 
 @pytest.mark.timeout(90)
-def test_redis_example_consumes_each_job(start: Callable[..., PhpWorker], redis_port: int) -> None:
+def test_redis_example_consumes_each_job(start: Callable[..., RunnerProcess], redis_port: int) -> None:
     redis = Resp(redis_port)
     try:
         subprocess.run(
@@ -603,7 +494,7 @@ def test_redis_example_consumes_each_job(start: Callable[..., PhpWorker], redis_
             worker.signal(signal.SIGTERM)
         for worker in workers:
             assert worker.wait_exit(10) == 0  # at most the 1 s blocking pop, then out
-            assert worker.exit_event["reason"] == "stopped"
+            assert worker.exit_event()["reason"] == "stopped"
         assert sorted(redis("LRANGE", "jobs:done", 0, -1)) == sorted(f"t-{i}" for i in range(1, 101))
         assert redis("LLEN", "jobs") == 0
         assert redis("KEYS", "jobs:processing:*") == []
@@ -612,7 +503,7 @@ def test_redis_example_consumes_each_job(start: Callable[..., PhpWorker], redis_
 
 
 @pytest.mark.timeout(90)
-def test_redis_example_recovers_the_job_of_a_killed_worker(start: Callable[..., PhpWorker], redis_port: int) -> None:
+def test_redis_example_recovers_the_job_of_a_killed_worker(start: Callable[..., RunnerProcess], redis_port: int) -> None:
     redis = Resp(redis_port)
     try:
         redis("LPUSH", "jobs", "sleep:1500")
@@ -629,7 +520,7 @@ def test_redis_example_recovers_the_job_of_a_killed_worker(start: Callable[..., 
         second.signal(signal.SIGTERM)
         assert second.wait_exit(10) == 0
         assert redis("LLEN", processing) == 0 and redis("LLEN", "jobs") == 0
-        assert "recovered 1 unfinished job(s) of workers that died" in second.stderr()
+        assert "recovered 1 unfinished job(s) of workers that died" in second.err()
     finally:
         redis.close()
 
@@ -638,7 +529,7 @@ def test_redis_example_recovers_the_job_of_a_killed_worker(start: Callable[..., 
 
 
 @pytest.mark.timeout(60)
-def test_the_deadline_ends_the_life_between_requests_with_max_lifetime(start: Callable[..., PhpWorker]) -> None:
+def test_the_deadline_ends_the_life_between_requests_with_max_lifetime(start: Callable[..., RunnerProcess]) -> None:
     deadline = time.monotonic_ns() + 300_000_000  # hrtime() is CLOCK_MONOTONIC, as this is
     worker = start(
         handler="Fixtures\\Jobs\\Counter::handle",
@@ -646,6 +537,6 @@ def test_the_deadline_ends_the_life_between_requests_with_max_lifetime(start: Ca
         env={"GSUPER_DEADLINE_NS": deadline, "GSUPER_USLEEP": 1000},
     )
     assert worker.wait_exit(15) == 0
-    assert worker.exit_event["reason"] == "max_lifetime" and worker.exit_event["requests"] >= 1
+    assert worker.exit_event()["reason"] == "max_lifetime" and worker.exit_event()["requests"] >= 1
     assert time.monotonic_ns() >= deadline
-    assert log_lines(worker.log).count("handle") == worker.exit_event["requests"]
+    assert log_lines(worker.log).count("handle") == worker.exit_event()["requests"]

@@ -8,23 +8,21 @@ tests poll until a deadline.
 
 from __future__ import annotations
 
-import json
 import os
 import runpy
 import shutil
 import signal
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from conftest import kill_group_and_reap, wait_for
+from conftest import wait_for
+from runner_harness import RunnerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 PY_RUNNER = ROOT / "runners" / "python" / "worker.py"
@@ -36,125 +34,8 @@ EXAMPLES = ROOT / "examples"
 poll = wait_for
 
 
-class Worker:
-    """One runner process, its status events and its output."""
-
-    _serial = 0
-
-    def __init__(
-        self,
-        argv: list[str],
-        env: dict[str, Any],
-        cwd: Path,
-        out_dir: Path,
-        status: tuple[int, int] | None = None,
-        read_status: bool = True,
-        extra_fds: tuple[int, ...] = (),
-    ) -> None:
-        Worker._serial += 1
-        self.out_path = out_dir / f"worker{Worker._serial}.out"
-        self.err_path = out_dir / f"worker{Worker._serial}.err"
-        self.events: list[dict] = []
-        self.status_r, status_w = status if status else os.pipe()
-        full_env = dict(os.environ)
-        full_env.update(
-            {
-                "PYTHONDONTWRITEBYTECODE": "1",
-                "GSUPER_PROGRAM": "test",
-                "GSUPER_WORKER": "0",
-                "GSUPER_STATUS_FD": str(status_w),
-            }
-        )
-        full_env.update({k: str(v) for k, v in env.items()})
-        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=full_env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-                pass_fds=(status_w, *extra_fds),
-            )
-        os.close(status_w)
-        self.pid = self.proc.pid
-        self.reader: threading.Thread | None = None
-        if read_status:
-            self.reader = threading.Thread(target=self._read_status, daemon=True)
-            self.reader.start()
-
-    def _read_status(self) -> None:
-        buf = b""
-        with os.fdopen(self.status_r, "rb", buffering=0) as pipe:
-            while chunk := pipe.read(65536):
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                self.events.extend(json.loads(line) for line in lines if line.strip())
-
-    # What the worker said -------------------------------------------------------------
-    def named(self, name: str) -> list[dict]:
-        return [e for e in list(self.events) if e.get("event") == name]
-
-    def wait_event(self, name: str, timeout: float = 10, where: Callable[[dict], bool] = lambda e: True) -> dict:
-        return poll(lambda: next((e for e in self.named(name) if where(e)), None), timeout, f"event {name}")
-
-    def out(self) -> str:
-        return self.out_path.read_text()
-
-    def err(self) -> str:
-        return self.err_path.read_text()
-
-    def wait_output(self, text: str, timeout: float = 10) -> str:
-        return poll(lambda: text in self.out() and self.out(), timeout, f"output {text!r}")
-
-    # Its life -------------------------------------------------------------------------
-    def signal(self, sig: int) -> None:
-        """As the master does: to the worker's process group."""
-        os.killpg(self.pid, sig)
-
-    def wait(self, timeout: float = 10) -> int:
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"worker {self.pid} still running after {timeout}s; stderr: {self.err()}")
-        if self.reader is not None:
-            self.reader.join(timeout)  # EOF once every holder of the write end is gone
-        return code
-
-    def exit_event(self) -> dict:
-        exits = self.named("exit")
-        assert len(exits) == 1, self.events
-        return exits[0]
-
-    def end(self) -> None:
-        """Teardown: a worker still running is killed with its group and reaped."""
-        kill_group_and_reap(self.proc)
-        if self.reader is None:
-            try:
-                os.close(self.status_r)
-            except OSError:
-                pass
-        else:
-            self.reader.join(10)
-
-
 @pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    started: list[Worker] = []
-
-    def start(argv: list[str], env: dict[str, Any], cwd: Path = HELPERS, **kw: Any) -> Worker:
-        worker = Worker(argv, env, cwd, tmp_path, **kw)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.end()
-
-
-@pytest.fixture
-def py(spawn: Callable[..., Worker]) -> Callable[..., Worker]:
+def py(spawn: Callable[..., RunnerProcess]) -> Callable[..., RunnerProcess]:
     """Start the python runner: py(GSUPER_HANDLER="handlers:count", ...)."""
 
     def start(
@@ -163,15 +44,15 @@ def py(spawn: Callable[..., Worker]) -> Callable[..., Worker]:
         read_status: bool = True,
         extra_fds: tuple[int, ...] = (),
         **env: Any,
-    ) -> Worker:
+    ) -> RunnerProcess:
         return spawn([sys.executable, str(PY_RUNNER)], env, cwd, status=status, read_status=read_status, extra_fds=extra_fds)
 
     return start
 
 
 @pytest.fixture
-def sh(spawn: Callable[..., Worker]) -> Callable[..., Worker]:
-    def start(cwd: Path = HELPERS, **env: Any) -> Worker:
+def sh(spawn: Callable[..., RunnerProcess]) -> Callable[..., RunnerProcess]:
+    def start(cwd: Path = HELPERS, **env: Any) -> RunnerProcess:
         return spawn(["sh", str(SH_RUNNER)], env, cwd)
 
     return start
@@ -183,11 +64,11 @@ def sh(spawn: Callable[..., Worker]) -> Callable[..., Worker]:
 @pytest.mark.timeout(60)
 def test_max_request_runs_exactly_that_many_then_exits_0(py):
     w = py(GSUPER_HANDLER="handlers:count", GSUPER_MAX_REQUEST=5, GSUPER_USLEEP=0)
-    assert w.wait() == 0
+    assert w.wait_exit() == 0
     lines = [line for line in w.out().splitlines() if line.startswith("count")]
     assert [line.split()[1] for line in lines] == ["1", "2", "3", "4", "5"]
     assert w.events[0] == {"event": "ready", "pid": w.pid}
-    assert w.named("request")[-1]["requests"] == 5
+    assert w.of("request")[-1]["requests"] == 5
     assert w.exit_event() == {"event": "exit", "reason": "max_request", "requests": 5}
     assert w.events[-1]["event"] == "exit"
 
@@ -196,12 +77,12 @@ def test_max_request_runs_exactly_that_many_then_exits_0(py):
 def test_memory_limit_ends_a_leaking_worker(py):
     limit = 64 << 20
     w = py(GSUPER_HANDLER="handlers:leak", GSUPER_MEMORY_LIMIT=limit, GSUPER_USLEEP=0)
-    assert w.wait() == 0
+    assert w.wait_exit() == 0
     exit_event = w.exit_event()
     assert exit_event["reason"] == "memory_limit"
     # Python starts well under 64 MB; 4 MB a request passes it within a few dozen requests.
     assert 3 <= exit_event["requests"] <= 20
-    last = w.named("request")[-1]
+    last = w.of("request")[-1]
     assert last["requests"] == exit_event["requests"]
     assert last["memory"] > limit
 
@@ -215,7 +96,7 @@ def test_stop_signal_lets_the_request_finish(py, sig):
     w = py(GSUPER_HANDLER="handlers:slow", SLOW_SECONDS=2)
     w.wait_output("before")
     w.signal(sig)
-    assert w.wait(timeout=15) == 0
+    assert w.wait_exit(timeout=15) == 0
     ended = time.time()
     out = w.out()
     before = float(out.split("before ")[1].split()[0])
@@ -233,7 +114,7 @@ def test_idle_stop_is_quick_even_with_a_long_usleep(py):
     w.wait_event("request")
     sent = time.monotonic()
     w.signal(signal.SIGTERM)
-    assert w.wait() == 0
+    assert w.wait_exit() == 0
     assert time.monotonic() - sent < 1.0
     assert w.exit_event() == {"event": "exit", "reason": "stopped", "requests": 1}
 
@@ -245,9 +126,9 @@ def test_stop_during_bootstrap_ends_cleanly(py):
     w.wait_output("boot start")
     sent = time.monotonic()
     w.signal(signal.SIGTERM)
-    assert w.wait() == 0
+    assert w.wait_exit() == 0
     assert time.monotonic() - sent < 2.0
-    assert w.named("ready") == []
+    assert w.of("ready") == []
     assert w.exit_event() == {"event": "exit", "reason": "stopped", "requests": 0}
     assert "count" not in w.out()
     assert "Traceback" not in w.err()
@@ -264,7 +145,7 @@ def test_bootstrap_is_loaded_once_and_script_globals_do_not_leak(py):
         GSUPER_MAX_REQUEST=4,
         GSUPER_USLEEP=0,
     )
-    assert w.wait() == 0, w.err()
+    assert w.wait_exit() == 0, w.err()
     lines = w.out().splitlines()
     assert lines == [
         f"boot file loaded pid {w.pid}",
@@ -287,7 +168,7 @@ def test_bootstrap_is_loaded_once_and_script_globals_do_not_leak(py):
 )
 def test_handler_forms(py, handler, expected):
     w = py(GSUPER_HANDLER=handler, GSUPER_MAX_REQUEST=3, GSUPER_USLEEP=0)
-    assert w.wait() == 0, w.err()
+    assert w.wait_exit() == 0, w.err()
     lines = w.out().splitlines()
     # "count N pid P" and "... id=X": compare the leading words; one instance means one id
     assert [" ".join(line.split()[: len(exp.split())]) for line, exp in zip(lines, expected, strict=True)] == expected
@@ -298,9 +179,9 @@ def test_handler_forms(py, handler, expected):
 @pytest.mark.timeout(60)
 def test_exception_with_on_error_continue_goes_on(py):
     w = py(GSUPER_HANDLER="handlers:flaky", GSUPER_MAX_REQUEST=4, GSUPER_USLEEP=0)
-    assert w.wait() == 0
+    assert w.wait_exit() == 0
     assert w.out().splitlines() == ["ok 1", "ok 3"]
-    errors = w.named("error")
+    errors = w.of("error")
     assert [(e["requests"], e["message"]) for e in errors] == [(2, "ValueError: boom at 2"), (4, "ValueError: boom at 4")]
     err = w.err()
     assert "request 2 failed" in err and "request 4 failed" in err
@@ -313,7 +194,7 @@ def test_exception_with_on_error_continue_goes_on(py):
 @pytest.mark.timeout(60)
 def test_exception_with_on_error_exit_ends_with_70(py):
     w = py(GSUPER_HANDLER="handlers:flaky", GSUPER_ON_ERROR="exit", GSUPER_USLEEP=0)
-    assert w.wait() == 70
+    assert w.wait_exit() == 70
     assert w.out().splitlines() == ["ok 1"]
     assert "ValueError: boom at 2" in w.err()
     assert w.exit_event() == {"event": "exit", "reason": "error", "requests": 2}
@@ -323,7 +204,7 @@ def test_exception_with_on_error_exit_ends_with_70(py):
 @pytest.mark.parametrize(("mode", "code", "reason"), [("loop", 0, "max_request"), ("daemon", 70, "error")])
 def test_script_exception_trace_shows_only_the_users_frames(py, mode, code, reason):
     w = py(GSUPER_MODE=mode, GSUPER_SCRIPT=HELPERS / "script_fail.py", GSUPER_MAX_REQUEST=1 if mode == "loop" else 0)
-    assert w.wait() == code
+    assert w.wait_exit() == code
     err = w.err()
     assert err.splitlines()[1:] == [
         "Traceback (most recent call last):",
@@ -331,14 +212,14 @@ def test_script_exception_trace_shows_only_the_users_frames(py, mode, code, reas
         '    raise KeyError("missing thing")',
         "KeyError: 'missing thing'",
     ]
-    assert w.named("error")[0]["message"] == "KeyError: 'missing thing'"
+    assert w.of("error")[0]["message"] == "KeyError: 'missing thing'"
     assert w.exit_event() == {"event": "exit", "reason": reason, "requests": 1}
 
 
 @pytest.mark.timeout(60)
 def test_a_recycle_does_not_wait_for_threads_the_code_left(py):
     w = py(GSUPER_HANDLER="handlers:start_thread", GSUPER_MAX_REQUEST=1)
-    assert w.wait(timeout=10) == 0
+    assert w.wait_exit(timeout=10) == 0
     assert "exiting without waiting for 1 non-daemon thread(s): forever" in w.err()
     assert w.exit_event()["reason"] == "max_request"
 
@@ -346,7 +227,7 @@ def test_a_recycle_does_not_wait_for_threads_the_code_left(py):
 @pytest.mark.timeout(60)
 def test_system_exit_in_a_request_is_honoured(py):
     w = py(GSUPER_HANDLER="handlers:exit_now")
-    assert w.wait() == 5
+    assert w.wait_exit() == 5
     assert w.exit_event() == {"event": "exit", "reason": "done", "requests": 1}
 
 
@@ -389,7 +270,7 @@ def test_bootstrap_failure_exits_78_with_one_clear_message(py, tmp_path, env, me
     if "GSUPER_SCRIPT" not in env and "GSUPER_HANDLER" not in env and env:
         env["GSUPER_HANDLER"] = "handlers:count"
     w = py(**env)
-    assert w.wait() == 78
+    assert w.wait_exit() == 78
     err = w.err()
     first = err.splitlines()[0]
     assert first.startswith("gsuper: test#0: cannot start: ")
@@ -398,7 +279,7 @@ def test_bootstrap_failure_exits_78_with_one_clear_message(py, tmp_path, env, me
         assert "Traceback" in err and "boot_fail.py" in err
     else:
         assert err.count("\n") == 1, err
-    assert w.named("ready") == []
+    assert w.of("ready") == []
     exit_event = w.exit_event()
     assert exit_event["reason"] == "bootstrap" and exit_event["requests"] == 0
     assert message in exit_event["message"]
@@ -411,7 +292,7 @@ def test_bootstrap_failure_exits_78_with_one_clear_message(py, tmp_path, env, me
 @pytest.mark.timeout(60)
 def test_daemon_mode_runs_the_script_once_and_exits_with_its_status(py):
     w = py(GSUPER_MODE="daemon", GSUPER_SCRIPT=HELPERS / "daemon_script.py", DAEMON_EXIT=3)
-    assert w.wait() == 3
+    assert w.wait_exit() == 3
     assert w.out().splitlines() == ["daemon run __main__ argv0 daemon_script.py"]
     assert [e["event"] for e in w.events] == ["ready", "request", "exit"]
     assert w.exit_event() == {"event": "exit", "reason": "done", "requests": 1}
@@ -424,7 +305,7 @@ def test_daemon_mode_stops_at_once_on_term(py):
     w.wait_output("daemon start")
     sent = time.monotonic()
     w.signal(signal.SIGTERM)
-    assert w.wait() == 0
+    assert w.wait_exit() == 0
     assert time.monotonic() - sent < 2.0
     assert "daemon cleanup" in w.out()  # its finally ran
     assert w.exit_event() == {"event": "exit", "reason": "stopped", "requests": 0}
@@ -443,13 +324,13 @@ def test_usleep_guards_the_cpu(py):
     poll(lambda: time.monotonic() - wall0 >= 1.0, 5, "one second of requests")
     cpu1, wall1 = sum(proc.cpu_times()[:2]), time.monotonic()
     w.signal(signal.SIGTERM)
-    assert w.wait() == 0
+    assert w.wait_exit() == 0
     assert (cpu1 - cpu0) / (wall1 - wall0) < 0.5
     requests = w.exit_event()["requests"]
     assert requests > 100  # it kept serving, about one request a millisecond at most
-    assert w.named("request")[-1]["requests"] == requests
+    assert w.of("request")[-1]["requests"] == requests
     # the rate limit: far fewer reports than requests, yet the true total
-    assert len(w.named("request")) < requests / 5
+    assert len(w.of("request")) < requests / 5
 
 
 @pytest.mark.timeout(60)
@@ -462,14 +343,14 @@ def test_a_full_status_pipe_never_blocks_requests(py):
     except BlockingIOError:
         pass
     w = py(GSUPER_HANDLER="handlers:count", GSUPER_MAX_REQUEST=500, GSUPER_USLEEP=0, status=(r, w_fd), read_status=False)
-    assert w.wait(timeout=20) == 0
+    assert w.wait_exit(timeout=20) == 0
     assert len(w.out().splitlines()) == 500
 
 
 @pytest.mark.timeout(60)
 def test_no_status_fd_is_fine(py):
     w = py(GSUPER_HANDLER="handlers:count", GSUPER_MAX_REQUEST=2, GSUPER_USLEEP=0, GSUPER_STATUS_FD="")
-    assert w.wait() == 0
+    assert w.wait_exit() == 0
     assert w.events == []
     assert w.err() == ""
 
@@ -478,7 +359,7 @@ def test_no_status_fd_is_fine(py):
 def test_status_fd_does_not_leak_to_children_of_the_business_code(py):
     r, w_fd = os.pipe()
     w = py(GSUPER_HANDLER="handlers:spawn_child", GSUPER_MAX_REQUEST=1, CHECK_FD=w_fd, status=(r, w_fd))
-    assert w.wait() == 0, w.err()
+    assert w.wait_exit() == 0, w.err()
     assert w.out().splitlines() == ["child fd open False env None"]
     assert w.exit_event()["reason"] == "max_request"
 
@@ -498,7 +379,7 @@ def test_shell_runner_sources_bootstrap_and_execs_the_script(sh):
         "child sees greeting=from bootstrap",
     ]
     w.signal(signal.SIGTERM)
-    assert w.wait() == 0
+    assert w.wait_exit() == 0
     assert "stopping" in w.out()
 
 
@@ -516,7 +397,7 @@ def test_shell_runner_sources_bootstrap_and_execs_the_script(sh):
 )
 def test_shell_runner_missing_file_exits_78(sh, env, message):
     w = sh(**env)
-    assert w.wait() == 78
+    assert w.wait_exit() == 78
     assert w.err() == f"gsuper: test#0: cannot start: {message}\n"
     assert w.out() == ""
 
@@ -536,7 +417,7 @@ def test_shell_example_heartbeats_and_stops_after_the_iteration(sh):
     w.wait_output("hello from worker 2: heartbeat 2")
     assert w.out().splitlines()[0] == f"worker 2: started (pid {w.pid})"
     w.signal(signal.SIGTERM)
-    assert w.wait(timeout=5) == 0
+    assert w.wait_exit(timeout=5) == 0
     assert "worker 2: stopping after" in w.out().splitlines()[-1]
     assert w.err() == ""
 
@@ -573,7 +454,7 @@ def test_python_consumer_example_consumes_each_job_exactly_once(py, tmp_path):
     for w in workers:
         w.signal(signal.SIGTERM)
     for w in workers:
-        assert w.wait() == 0, w.err()
+        assert w.wait_exit() == 0, w.err()
         assert w.exit_event()["reason"] == "stopped"
         assert w.out().count("bootstrap loaded") == 1
     done = [line.split()[0] for line in done_file.read_text().splitlines()]
@@ -584,13 +465,13 @@ def test_python_consumer_example_consumes_each_job_exactly_once(py, tmp_path):
 # --- batches of tiny requests (issue 16), the busy page and max_lifetime (issue 11) -------------
 
 
-def tally(w: Worker) -> int:
+def tally(w: RunnerProcess) -> int:
     return int(w.wait_output("tally").split("tally ")[1].split()[0])
 
 
 def test_batches_of_tiny_requests_keep_max_request_exact(py):
     w = py(GSUPER_HANDLER="tally:tick", GSUPER_MAX_REQUEST=100_003, GSUPER_USLEEP=0)
-    assert w.wait(30) == 0
+    assert w.wait_exit(30) == 0
     assert w.exit_event() == {"event": "exit", "reason": "max_request", "requests": 100_003}
     assert tally(w) == 100_003  # the handler ran exactly that often
 
@@ -599,7 +480,7 @@ def test_a_stop_during_tiny_requests_is_taken_between_two_and_every_request_coun
     w = py(GSUPER_HANDLER="tally:tick", GSUPER_USLEEP=0)
     w.wait_event("request", where=lambda e: e["requests"] > 10_000)
     w.signal(signal.SIGTERM)
-    assert w.wait() == 0
+    assert w.wait_exit() == 0
     event = w.exit_event()
     assert event["reason"] == "stopped" and event["requests"] == tally(w)
 
@@ -626,7 +507,7 @@ def test_the_busy_page_is_stamped_while_a_request_runs_and_cleared_after(py):
         poll(lambda: struct.unpack_from("=q", page, 0)[0] == 0, 5, "the idle mark after the request")
         poll(lambda: struct.unpack_from("=qq", page, 0)[1] == 2, 5, "request 2 stamped")
         w.signal(signal.SIGTERM)
-        assert w.wait() == 0
+        assert w.wait_exit() == 0
     finally:
         page.close()
         os.close(fd)
@@ -635,7 +516,7 @@ def test_the_busy_page_is_stamped_while_a_request_runs_and_cleared_after(py):
 def test_the_deadline_ends_the_life_between_requests_with_max_lifetime(py):
     deadline = time.monotonic_ns() + 800_000_000
     w = py(GSUPER_HANDLER="handlers:slow", SLOW_SECONDS=0.5, GSUPER_USLEEP=1000, GSUPER_DEADLINE_NS=deadline)
-    assert w.wait(15) == 0
+    assert w.wait_exit(15) == 0
     event = w.exit_event()
     assert event["reason"] == "max_lifetime" and event["requests"] >= 1
     assert w.out().count("before") == w.out().count("after")  # the request in progress finished

@@ -12,8 +12,8 @@ from typing import Any
 
 import gevent
 import pytest
-from fakes import FakeClock, FakeSpawner, Life, NullLog, program_config
 
+from fakes import FakeClock, FakeSpawner, Life, NullLog, program_config
 from gsuper.events import Event, EventStream
 from gsuper.program import Program, RollingError
 from gsuper.worker import Worker
