@@ -186,15 +186,20 @@ class PipeReader:
         self._watcher.start(self._readable)
 
     def _readable(self) -> None:
+        if self._read_chunk() is False:  # EOF (None: nothing to read yet)
+            self.close()
+
+    def _read_chunk(self) -> bool | None:
+        """Read one chunk and pass on its complete lines: True when one was read, False at EOF
+        (or a read error), None when the pipe is empty for now."""
         try:
             chunk = os.read(self.fd, CHUNK)
         except BlockingIOError:
-            return
+            return None
         except OSError:
             chunk = b""
         if not chunk:
-            self.close()
-            return
+            return False
         data = self._partial + chunk
         cut = data.rfind(b"\n") + 1
         self._partial = data[cut:]
@@ -202,6 +207,7 @@ class PipeReader:
             cut, self._partial = len(data), b""
         if cut:
             self._deliver(data[:cut])
+        return True
 
     def _deliver(self, data: bytes) -> None:
         try:
@@ -216,20 +222,8 @@ class PipeReader:
         come while its children hold the write end (a shell script's `sleep`), so it is not
         waited for.
         """
-        while not self.eof.is_set():
-            try:
-                chunk = os.read(self.fd, CHUNK)
-            except BlockingIOError:
-                break
-            except OSError:
-                chunk = b""
-            if not chunk:
-                break
-            data = self._partial + chunk
-            cut = data.rfind(b"\n") + 1
-            self._partial = data[cut:]
-            if cut:
-                self._deliver(data[:cut])
+        while not self.eof.is_set() and self._read_chunk():
+            pass
         self.close()
 
     def close(self) -> None:

@@ -177,3 +177,14 @@ class NullLog:
 
     def write(self, data: bytes) -> None:
         self.data += data
+
+
+def until(condition: Any, what: str, steps: int = 2000) -> None:
+    """Let the hub run until `condition()` holds (bounded, in hub turns, not in time)."""
+    import pytest
+
+    for _ in range(steps):
+        if condition():
+            return
+        gevent.sleep(0)
+    pytest.fail(f"never happened: {what}")

@@ -10,10 +10,9 @@ import struct
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import gevent
 import pytest
-from fakes import FakeClock, FakeSpawner, Life, NullLog, program_config
 
+from fakes import FakeClock, FakeSpawner, Life, NullLog, program_config, until
 from gsuper import guard
 from gsuper.config import ProgramConfig
 from gsuper.guard import Busy, BusyPage, LifetimeCheck, RequestTimeoutCheck
@@ -160,12 +159,6 @@ def test_lifetime_check_stops_daemons_and_leaves_loops_to_their_runner():
 # -- the slot, on a scripted child and a virtual clock (tests/fakes.py) ---------------------------
 
 
-def until(condition: Any, what: str, steps: int = 2000) -> None:
-    for _ in range(steps):
-        if condition():
-            return
-        gevent.sleep(0)
-    pytest.fail(f"never happened: {what}")
 
 
 def test_a_hung_request_is_killed_and_respawned_at_once_never_a_failed_start():

@@ -10,22 +10,12 @@ import errno
 import signal
 from typing import Any
 
-import gevent
 import pytest
 
-from fakes import FakeClock, FakeSpawner, Life, NullLog, program_config
+from fakes import FakeClock, FakeSpawner, Life, NullLog, program_config, until
 from gsuper.events import Event, EventStream
 from gsuper.program import Program, RollingError
 from gsuper.worker import Worker
-
-
-def until(condition: Any, what: str, steps: int = 2000) -> None:
-    """Let the hub run until `condition()` holds (bounded, in hub turns, not in time)."""
-    for _ in range(steps):
-        if condition():
-            return
-        gevent.sleep(0)
-    pytest.fail(f"never happened: {what}")
 
 
 def make(
