@@ -117,7 +117,8 @@ def test_bootstrap_once_after_fork_in_each_and_kill_9_respawns_through_the_templ
     assert {a[1] for a in after} == {"0", "1", "2"}
     # Requests were served by forked workers, counted in status.
     served = {r[0] for r in lines(gs.root / "reqs.txt")}
-    assert served <= set(pids) and len(served) >= 3
+    forked = {a[0] for a in lines(gs.root / "after.txt")}  # read after: a recycle may have added one
+    assert served <= forked and len(served) >= 3
     assert gs.status()["workers"][0]["pss_bytes"] > 0
     gs.run("-s", "stop", check=True)
     assert not psutil.pid_exists(template) or psutil.Process(template).status() == psutil.STATUS_ZOMBIE
