@@ -19,7 +19,6 @@ Usage: python3 bench/stdout_logs.py [--lines N] [--rounds N]
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile

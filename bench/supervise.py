@@ -23,6 +23,7 @@ Results are printed as a table and written as JSON to bench/results/.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -364,6 +365,7 @@ class Pm2(System):
 def checkout(rev: str, into: Path) -> Path:
     """A detached worktree of this repository at `rev` (for a gsuper-vs-gsuper column)."""
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(into), rev], check=True, capture_output=True)
+    compileall.compile_dir(str(into / "gsuper"), quiet=1)  # as _common does for this checkout
     return into
 
 
@@ -792,7 +794,9 @@ def main() -> int:
     ap.add_argument("--baseline-samples", type=int, default=50, help="bare php -r '' starts (default 50)")
     ap.add_argument("--skip-supervisor", action="store_true", help="measure without supervisor")
     ap.add_argument("--skip-pm2", action="store_true", help="measure without PM2")
-    ap.add_argument("--compare", metavar="REV", help="also measure gsuper at this git revision (a column of its own)")
+    ap.add_argument(
+        "--compare", metavar="REV", action="append", default=[], help="also measure gsuper at this git revision (repeatable)"
+    )
     ap.add_argument("--big", type=int, default=1000, help="workers of the big rows, `sleep` workers (default 1000; 0: skip)")
     args = ap.parse_args()
     if PHP is None:
@@ -806,7 +810,7 @@ def main() -> int:
     names: list[str] = ["gsuper"]
     with tempfile.TemporaryDirectory(prefix="gsuper-bench-") as tmp:
         base_dir = Path(tmp)
-        other = checkout(args.compare, base_dir / "compare") if args.compare else None
+        others = [(rev, checkout(rev, base_dir / f"compare-{i}")) for i, rev in enumerate(args.compare)]
         try:
             log(f"baseline: {args.baseline_samples} x php -r ''")
             baseline_php_start(3)  # warm the page cache
@@ -823,9 +827,10 @@ def main() -> int:
                 time.sleep(0.3)
             data["baseline"] = base
             systems: list[System] = [Gsuper(make_dir(base_dir, "gsuper"), n)]
-            if other is not None:
-                label = f"gsuper@{args.compare}"
-                systems.append(Gsuper(make_dir(base_dir, "gsuper-compare"), n, str(other / "bin" / "gsuper"), label))
+            for i, (rev, tree) in enumerate(others):
+                systems.append(
+                    Gsuper(make_dir(base_dir, f"gsuper-compare-{i}"), n, str(tree / "bin" / "gsuper"), f"gsuper@{rev}")
+                )
             if venv_bin is not None:
                 systems.append(Supervisor(make_dir(base_dir, "supervisor"), n, venv_bin))
             if pm2 is not None:
@@ -847,8 +852,8 @@ def main() -> int:
                     sweeper.sweep(grace=1.0)
         finally:
             sweeper.sweep(grace=2.0)
-            if other is not None:
-                drop_checkout(other)
+            for _rev, tree in others:
+                drop_checkout(tree)
 
     print()
     versions = "; ".join(str((data.get(name) or {}).get("version", "")) for name in names)
