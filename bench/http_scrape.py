@@ -150,7 +150,8 @@ def main() -> int:
     ]
     print(f"\n{args.workers} workers, {args.rounds} rounds of {args.window:g} s idle + {args.window:g} s scraped")
     results["table"] = print_table(["row", "value", "target", "met"], rows)
-    results.update(idle=idle, scraped=scraped, probed=probed, burst_metrics=burst_metrics, burst_status=burst_status, added_pct=added)
+    results.update(idle=idle, scraped=scraped, probed=probed, added_pct=added)
+    results.update(burst_metrics=burst_metrics, burst_status=burst_status)
     write_results("http_scrape", results)
     return 0
 

@@ -151,7 +151,8 @@ def main() -> int:
         cpu = median([r["cpu_s"] for r in runs])
         wall = median([r["wall_s"] for r in runs])
         per_mb = cpu / mb if cpu is not None else None
-        rows.append([mode, fmt(cpu, "s"), fmt(per_mb, "ms") + "/MB", ratio(cpu, base_cpu), fmt(wall, "s"), ratio(wall, base_wall)])
+        per = fmt(per_mb, "ms") + "/MB"
+        rows.append([mode, fmt(cpu, "s"), per, ratio(cpu, base_cpu), fmt(wall, "s"), ratio(wall, base_wall)])
     print(f"{args.lines} lines of 100 bytes ({mb:.0f} MB) from one worker; median of {args.rounds} rounds")
     print_table(["mode", "master CPU", "CPU per MB", "vs files", "wall", "vs files"], rows)
     idle, full = median(pipe["idle_s"]), median(pipe["full_pipe_s"])

@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.event
@@ -36,13 +36,14 @@ from gsuper.logs import LogFile, LogFiles
 from gsuper.monitor import MemoryCheck, Monitor, sample_rss
 from gsuper.notify import SystemdNotifier, status_of
 from gsuper.program import Program, RollingError
-from gsuper.pss import add_pss
 from gsuper.reload import Kind, plan_reload
 from gsuper.spawn import SETPRIV
 from gsuper.states import ProcessState
 from gsuper.stdlog import ProgramStdout, StdoutWriter, configure_master_logging
 from gsuper.template import WarmSpawner, template_log
-from gsuper.web.server import MasterSource, WebServer
+
+if TYPE_CHECKING:
+    from gsuper.web.server import WebServer
 
 log = logging.getLogger("gsuper")
 
@@ -203,6 +204,9 @@ class Master:
         if self.config.http is None:
             return
         host, port = self.config.http
+        # Imported only where http is set: prometheus_client and pywsgi cost the master ~12 MiB.
+        from gsuper.web.server import MasterSource, WebServer
+
         web = WebServer(host, port, self.config.http_token, MasterSource(self))
         try:
             web.start()
@@ -322,11 +326,9 @@ class Master:
         chosen = [self.programs[n] for n in (names if names is not None else list(self.programs))]
         now = time.monotonic()
         if with_rss and now - self._sampled_at > STATUS_RSS_MAX_AGE_S:
-            sample_rss(w for p in self.programs.values() for w in p.live_workers())
+            sample_rss((w for p in self.programs.values() for w in p.live_workers()), pss=True)
             self._sampled_at = time.monotonic()
         rows = sorted((row for p in chosen for row in p.snapshot()), key=lambda r: (r["program"], r["index"]))
-        if with_rss:
-            add_pss(rows)
         return {
             "master": {
                 "pid": os.getpid(),

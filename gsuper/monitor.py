@@ -67,37 +67,41 @@ def proc_table() -> tuple[dict[int, int], dict[int, list[int]]]:
     return rss, children
 
 
+def tree_members(root: int, children: dict[int, list[int]]) -> list[int]:
+    """The root and all its descendants (the root first)."""
+    members, stack, seen = [], [root], set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        members.append(pid)
+        stack.extend(children.get(pid, ()))
+    return members
+
+
 def tree_rss(roots: Iterable[int]) -> dict[int, int]:
     """Resident memory of each root process plus all its descendants, from one pass over /proc."""
-    roots = set(roots)
     rss, children = proc_table()
-    totals: dict[int, int] = {}
-    for root in roots:
-        if root not in rss:
-            continue
-        total, stack, seen = 0, [root], set()
-        while stack:
-            pid = stack.pop()
-            if pid in seen:
-                continue
-            seen.add(pid)
-            total += rss.get(pid, 0)
-            stack.extend(children.get(pid, ()))
-        totals[root] = total
-    return totals
+    return {root: sum(rss.get(p, 0) for p in tree_members(root, children)) for root in set(roots) if root in rss}
 
 
-def sample_rss(workers: Iterable[Worker]) -> list[tuple[Worker, int]]:
-    """Sample the tree RSS of the given workers that have a process; store it on each; return
-    (worker, rss) for those that were found."""
-    chosen = [w for w in workers if w.pid is not None]
-    usage = tree_rss(w.pid for w in chosen if w.pid is not None)
+def sample_rss(workers: Iterable[Worker], pss: bool = False) -> list[tuple[Worker, int]]:
+    """Sample the tree RSS (and with `pss`, the tree PSS) of the given workers that have a
+    process, from one pass over /proc; store it on each; return (worker, rss) of those found."""
+    from gsuper.pss import members_pss
+
+    rss, children = proc_table()
     found = []
-    for w in chosen:
-        rss = usage.get(w.pid or 0)
-        if rss is not None:
-            w.observe_rss(rss)
-            found.append((w, rss))
+    for w in workers:
+        if w.pid is None or w.pid not in rss:
+            continue
+        members = tree_members(w.pid, children)
+        total = sum(rss.get(p, 0) for p in members)
+        w.observe_rss(total)
+        if pss:
+            w.observe_pss(members_pss(members))
+        found.append((w, total))
     return found
 
 

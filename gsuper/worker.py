@@ -137,6 +137,7 @@ class Worker:
         self.restarts = 0
         self.requests = 0
         self.rss_bytes: int | None = None
+        self.pss_bytes: int | None = None
         self.last_exit: dict[str, Any] | None = None
         self.last_error: str | None = None
         self.stop_deadline: float | None = None
@@ -250,6 +251,10 @@ class Worker:
         """Record a memory sample of the worker's process tree."""
         self.rss_bytes = rss_bytes
 
+    def observe_pss(self, pss_bytes: int | None) -> None:
+        """Record the proportional share of the tree's memory (gsuper.pss)."""
+        self.pss_bytes = pss_bytes
+
     def snapshot(self) -> dict[str, Any]:
         """The worker's row in `status --json`."""
         alive = self.state in LIVE_STATES and self.pid is not None
@@ -265,6 +270,7 @@ class Worker:
             "restarts": self.restarts,
             "requests": self.requests,
             "rss_bytes": self.rss_bytes if alive else None,
+            "pss_bytes": self.pss_bytes if alive else None,
             "busy_s": None if busy_s is None else round(busy_s, 3),
             "last_exit": self.last_exit,
             "last_error": self.last_error,
@@ -343,7 +349,7 @@ class Worker:
         self.started_at = self.clock.now()
         if not Rules.of(config).loop_runs:
             self.requests = 0
-        self.rss_bytes = None
+        self.rss_bytes = self.pss_bytes = None
         log.debug("%s: spawned pid %d", self.name, proc.pid)
         self._emit("started")
         return proc
