@@ -18,7 +18,7 @@ import os
 import re
 import signal
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 from urllib.parse import unquote as url_unquote
 from urllib.parse import urlsplit
 
@@ -62,7 +62,7 @@ class CommandSource:
         return f"probe {self.command!r}"
 
 
-Source = RedisSource | CommandSource
+Source = Union[RedisSource, CommandSource]  # `|` between classes needs Python 3.10
 USAGE = "use redis://HOST:PORT/DB/KEY or command:CMD"
 
 
@@ -303,7 +303,7 @@ def _killpg(pgid: int) -> None:
         pass
 
 
-Reader = RedisReader | CommandReader
+Reader = Union[RedisReader, CommandReader]
 
 
 def reader_for(source: Source, cwd: str, env: dict[str, str], user: Any = None) -> Reader:

@@ -137,7 +137,8 @@ class GsuperCollector:
         )
         for name in sorted(c.buckets):
             cumulative, buckets = 0, []
-            for bound, n in zip((*BUCKETS_S, float("inf")), c.buckets[name], strict=True):
+            # Equal lengths by construction (zip's strict= needs Python 3.10).
+            for bound, n in zip((*BUCKETS_S, float("inf")), c.buckets[name]):
                 cumulative += n
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             hist.add_metric([name], buckets, c.duration_sum_s[name])
