@@ -8,6 +8,8 @@ need=()
 command -v php >/dev/null 2>&1 || need+=(php-cli)
 php -m 2>/dev/null | grep -qix redis || need+=(php-redis)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# setpriv starts every worker; unshare runs the PID 1 test in a PID namespace (both util-linux).
+{ command -v setpriv && command -v unshare; } >/dev/null 2>&1 || need+=(util-linux)
 # gsuper -s import: real Laravel 8 and Symfony Messenger workers in its tests, node for .config.js.
 [ -f /usr/share/php/Illuminate/autoload.php ] || need+=(php-laravel-framework)
 [ -f /usr/share/php/Symfony/Component/Messenger/autoload.php ] || need+=(php-symfony-messenger)
