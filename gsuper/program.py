@@ -27,8 +27,10 @@ UP_TIMEOUT_S = 60.0
 class RollingError(RuntimeError):
     """A replacement worker did not come up; the old one was kept."""
 
-    #: Per program, how many workers were replaced before it (set by the master).
-    replaced: dict[str, int] = {}
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        #: Per program, how many workers were replaced before it (set by the master).
+        self.replaced: dict[str, int] = {}
 
 
 class Program:
