@@ -311,7 +311,7 @@ def test_scaled_events_and_non_blocking_drain(tmp_path):
     # The scaler must neither wait for it nor count the drainer as capacity.
     path = tmp_path / "gsuper.ini"
     path.write_text(
-        "[program:w]\ncommand = sh -c 'trap \"\" TERM; while :; do sleep 0.05; done'\n"
+        f"[program:w]\ncommand = sh -c 'trap \"\" TERM; : > {tmp_path}/ready.$$; while :; do sleep 0.05; done'\n"
         "numprocs = 1\nnumprocs_max = 4\nscale_source = command:cat depth\nscale_cooldown = 5\nscale_step = 2\n"
         "stop_timeout = 2\nstartsecs = 0\n"
     )
@@ -327,6 +327,8 @@ def test_scaled_events_and_non_blocking_drain(tmp_path):
         assert [(e.kind, e.reason, e.data) for e in events] == [
             ("scaled", "backlog", {"before": 1, "after": 3, "direction": "up", "backlog": 30})
         ]
+        # A worker killed by TERM before its shell ran the trap would skip STOPPING: wait for all three.
+        gwait(lambda: len(list(tmp_path.glob("ready.*"))) == 3, 10, "three workers to ignore TERM")
         depth.write_text("0\n")
         clock.now += 1
         assert scaler.tick().reason == "low"  # type: ignore[union-attr]
