@@ -31,18 +31,19 @@ Options:
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
 
-from docopt import DocoptExit, docopt
+from gsuper import __version__, client
 
-from gsuper import __version__, config, control, daemon
-from gsuper.states import LIVE_STATE_NAMES
+# What only some commands need is imported where they need it: `status` takes a fast path
+# (gsuper/client.py) that must not pay for docopt, configobj, the configspec or typing.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from gsuper import config
 
 COMMANDS = ("start", "stop", "exit", "restart", "reload", "scale", "tail", "status", "check", "import")
 HELP = {
@@ -75,35 +76,50 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `gsuper` and `bin/gsuper`."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        args = docopt(__doc__ or "", argv=argv, version=f"gsuper {__version__}", default_help=True)
-    except DocoptExit:
-        print(f"gsuper: {_usage_problem(argv)}", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help and --version print and exit through here
-        return int(exc.code or 0)
-    try:
+        fast = client.parse_status_argv(argv)
+        if fast is not None:
+            code = client.status(fast)  # None: it cannot vouch for the answer; the full path runs
+            if code is not None:
+                return code
+        from docopt import DocoptExit, docopt
+
+        try:
+            args = docopt(__doc__ or "", argv=argv, version=f"gsuper {__version__}", default_help=True)
+        except DocoptExit:
+            print(f"gsuper: {_usage_problem(argv)}", file=sys.stderr)
+            return 2
+        except SystemExit as exc:  # --help and --version print and exit through here
+            return int(exc.code or 0)
         if args["help"]:
             return _help(args["COMMAND"])
         command = next(c for c in COMMANDS if args[c])
         return int(globals()[f"cmd_{command}"](args))
-    except config.ConfigError as exc:
-        print(f"gsuper: {exc}", file=sys.stderr)
-        return 2
-    except (Fail, control.ControlError) as exc:
-        print(f"gsuper: {exc}", file=sys.stderr)
-        return exc.code if isinstance(exc, Fail) else 1
-    except PermissionError as exc:  # e.g. `-s exit` by a user against root's master
-        where = f" on {exc.filename}" if exc.filename else ""
-        print(f"gsuper: permission denied{where}: run this as root or as the user the master runs as", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `gsuper -s status | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except Exception as exc:  # noqa: BLE001 - a user never gets a traceback; this is a bug to report
-        print(f"gsuper: internal error ({type(exc).__name__}: {exc}); please report it", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - a user never gets a traceback
+        return _failed(exc)
+
+
+def _failed(exc: Exception) -> int:
+    """The one sentence and exit code of a command that failed."""
+    from gsuper import config, control
+
+    if isinstance(exc, config.ConfigError):
+        print(f"gsuper: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(exc, (Fail, control.ControlError)):
+        print(f"gsuper: {exc}", file=sys.stderr)
+        return exc.code if isinstance(exc, Fail) else 1
+    if isinstance(exc, PermissionError):  # e.g. `-s exit` by a user against root's master
+        where = f" on {exc.filename}" if exc.filename else ""
+        print(f"gsuper: permission denied{where}: run this as root or as the user the master runs as", file=sys.stderr)
         return 1
+    # This is a bug to report.
+    print(f"gsuper: internal error ({type(exc).__name__}: {exc}); please report it", file=sys.stderr)
+    return 1
 
 
 def _usage_problem(argv: list[str]) -> str:
@@ -130,6 +146,8 @@ def _help(command: str | None) -> int:
 
 def _usage_line(command: str) -> str:
     """The command's line of the docopt usage text."""
+    import re
+
     return next(ln.strip() for ln in (__doc__ or "").splitlines() if re.match(rf"\s+gsuper -s {command}\b", ln))
 
 
@@ -137,6 +155,8 @@ def _usage_line(command: str) -> str:
 
 
 def _load(args: dict[str, Any], warn: bool = False) -> config.GsuperConfig:
+    from gsuper import config
+
     cfg = config.load(args["--config"])
     for warning in cfg.warnings if warn else ():  # e.g. an [include] glob that matches no file
         print(f"gsuper: warning: {warning}", file=sys.stderr)
@@ -159,6 +179,8 @@ def _load_for_running(args: dict[str, Any]) -> config.GsuperConfig:
     A typo saved into the file must not keep anyone from stopping or inspecting the master that
     runs the previous version; the master checks program and group names itself.
     """
+    from gsuper import config, daemon
+
     try:
         return _load(args)
     except config.ConfigError as exc:
@@ -177,6 +199,8 @@ def _selection(args: dict[str, Any], cfg: config.GsuperConfig) -> tuple[list[str
 
 
 def _running(cfg: config.GsuperConfig) -> int:
+    from gsuper import daemon
+
     pid = daemon.running_pid(cfg.pidfile)
     if not pid:
         raise Fail(f"not running (no master holds {cfg.pidfile})")
@@ -184,6 +208,8 @@ def _running(cfg: config.GsuperConfig) -> int:
 
 
 def _ask(cfg: config.GsuperConfig, payload: dict[str, Any], timeout_s: float | None = 10.0) -> dict[str, Any]:
+    from gsuper import control
+
     reply = control.request(cfg.sockfile, payload, timeout_s)
     if not reply.get("ok"):
         raise Fail(str(reply.get("error", "the master refused the request")), 2 if reply.get("config_error") else 1)
@@ -238,6 +264,8 @@ def cmd_import(args: dict[str, Any]) -> int:
 
 def cmd_start(args: dict[str, Any]) -> int:
     """Start the master (or, with -p/-g on a running master, those programs)."""
+    from gsuper import daemon
+
     cfg = _load(args, warn=True)
     programs, groups, names = _selection(args, cfg)
     pid = daemon.running_pid(cfg.pidfile)
@@ -271,6 +299,8 @@ def cmd_start(args: dict[str, Any]) -> int:
 
 
 def _start_daemon(cfg: config.GsuperConfig, only: list[str] | None, master_cls: Any) -> int:
+    from gsuper import daemon
+
     # The master is made in the daemon, after the fork: its hub and start time are the daemon's.
     master_log = None if cfg.logs_to_stdout else os.path.join(cfg.logdir, "gsuper.log")
     msg = daemon.start_daemon(master_log, lambda notify: master_cls(cfg, only).run(notify))
@@ -288,6 +318,8 @@ def _start_daemon(cfg: config.GsuperConfig, only: list[str] | None, master_cls: 
 
 def cmd_stop(args: dict[str, Any]) -> int:
     """Graceful stop, waiting with progress until the workers (and master) are gone."""
+    from gsuper import config
+
     cfg = _load_for_running(args)
     programs, groups, names = _selection(args, cfg)
     try:
@@ -309,6 +341,9 @@ def _killed_sentence(killed: int) -> str:
 
 def _stop(cfg: config.GsuperConfig, programs: list[str], groups: list[str], names: list[str], timeout_s: float | None) -> int:
     """Stop and wait with progress; return how many workers had to be SIGKILLed."""
+    from gsuper import control, daemon
+    from gsuper.states import LIVE_STATE_NAMES
+
     whole = not programs and not groups
     ask_stop = {"cmd": "stop", "programs": programs, "groups": groups, "timeout": timeout_s, "wait": True}
     pending = control.Pending(cfg.sockfile, ask_stop)
@@ -388,7 +423,7 @@ def cmd_exit(args: dict[str, Any]) -> int:
     """SIGKILL every worker's process group and the master at once."""
     cfg = _load_for_running(args)
     pid = _running(cfg)
-    from gsuper import record
+    from gsuper import daemon, record
 
     groups = record.force_exit(pid, cfg.workersfile)
     if not daemon.wait_gone(cfg.pidfile, 10):
@@ -415,6 +450,8 @@ def cmd_restart(args: dict[str, Any]) -> int:
         for name, n in reply["replaced"].items():
             print(f"{name}: {n} workers replaced one at a time")
         return 0
+    from gsuper import daemon
+
     if daemon.running_pid(cfg.pidfile):
         killed = _stop(cfg, programs, groups, names, None)
         if killed:  # the restart goes on: the start is what was asked for
@@ -437,6 +474,10 @@ def cmd_reload(args: dict[str, Any]) -> int:
 
 def cmd_scale(args: dict[str, Any]) -> int:
     """Set a program's worker count now."""
+    import re
+
+    from gsuper import config
+
     cfg = _load(args)
     name, sep, count = args["NAME=N"].partition("=")
     if not sep or not re.fullmatch(r"[0-9]+", count.strip()):  # not isdigit: "²" is a digit to it
@@ -462,75 +503,8 @@ def cmd_status(args: dict[str, Any]) -> int:
     programs, groups, _names = _selection(args, cfg)
     _running(cfg)
     status = _ask(cfg, {"cmd": "status", "programs": programs, "groups": groups})["status"]
-    if args["--json"]:
-        for row in status["workers"]:
-            row.pop("stop_in_s", None)
-        status["master"].pop("stopping", None)
-        print(json.dumps(status, indent=1))
-        return 0
-    m = status["master"]
-    print(f"master {m['pid']}  up {_duration(m['uptime_s'])}  {m['config']}")
-    rows: list[tuple[str, ...]] = [("PROGRAM", "#", "PID", "STATE", "UPTIME", "RESTARTS", "REQUESTS", "RSS", "LAST EXIT")]
-    for w in status["workers"]:
-        last = w["last_exit"]
-        rows.append(
-            (
-                w["program"],
-                str(w["index"]),
-                str(w["pid"] or "-"),
-                w["state"],
-                _duration(w["uptime_s"]) if w["pid"] else "-",
-                str(w["restarts"]),
-                str(w["requests"]),
-                _size(w["rss_bytes"]),
-                f"{last['reason']} ({last['code']})" if last else "-",
-            )
-        )
-    if any(w.get("user") for w in status["workers"]):  # a USER column only where programs set one
-        rows = [(*r[:4], "USER" if i == 0 else status["workers"][i - 1].get("user") or "-", *r[4:]) for i, r in enumerate(rows)]
-    _print_table(rows)
-    scaled = [p for p in status.get("programs", []) if p["scale_source"]]
-    if scaled:  # autoscaling: one row per program that reads a backlog
-        print()
-        scale_rows: list[tuple[str, ...]] = [("PROGRAM", "WORKERS", "DESIRED", "MIN", "MAX", "SOURCE", "BACKLOG")]
-        for p in scaled:
-            low = p["numprocs"] if p["floor"] is None else p["floor"]
-            backlog = "-" if p["backlog"] is None else str(p["backlog"])
-            if p["backlog_error"]:
-                backlog += f" (reading failed: {p['backlog_error']})"
-            workers = str(p["workers"]) + (f" (+{p['draining']} draining)" if p["draining"] else "")
-            limits = (str(p["desired"]), str(low), str(p["numprocs_max"]))
-            scale_rows.append((p["name"], workers, *limits, p["scale_source"], backlog))
-        _print_table(scale_rows)
-    # A warm program running cold says why, once per program.
-    cold = {w["program"]: w.get("warm_error") for w in status["workers"] if w.get("warm") is False}
-    for name, why in cold.items():
-        print(f"{name}: warm: false ({why or 'no template yet'})")
+    client.print_status(status, bool(args["--json"]))
     return 0
-
-
-def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "K", "M", "G"):
-        if n < 1024 or unit == "G":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n = n / 1024  # type: ignore[assignment]
-    return str(n)
 
 
 def cmd_tail(args: dict[str, Any]) -> int:

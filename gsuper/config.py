@@ -22,6 +22,7 @@ from validate import ValidateError, Validator, VdtMissingValue
 from gsuper import users
 from gsuper.expand import ExpansionError, expand, names_used
 from gsuper.include import IncludeError, gather
+from gsuper.registry import sha256_hex
 
 # The configspec. A comment line before a key is its documentation (docs/configuration.md is
 # generated from it); `# (loop)` style notes are part of that text.
@@ -481,6 +482,8 @@ class GsuperConfig:
     hooks: dict[str, HookConfig] = field(default_factory=dict)
     log_format: str = "text"
     on_fatal: str = "keep"
+    #: SHA-256 of the file's bytes as validated; None when it has an [include] (gsuper/registry.py).
+    digest: str | None = None
 
     @property
     def logs_to_stdout(self) -> bool:
@@ -529,7 +532,7 @@ class GsuperConfig:
 MAX_CONFIG_BYTES = 4 << 20  # `check -c /dev/zero` must end: no configuration is this big
 
 
-def _read_lines(path: str) -> list[str]:
+def _read_lines(path: str, digests: dict[str, str] | None = None) -> list[str]:
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_CONFIG_BYTES + 1)
@@ -541,6 +544,8 @@ def _read_lines(path: str) -> list[str]:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: is over {MAX_CONFIG_BYTES >> 20} MiB, too big to be a configuration file")
+    if digests is not None:
+        digests[path] = sha256_hex(raw)
     try:
         text = raw.decode("utf-8").removeprefix("\ufeff")  # the BOM Windows Notepad writes
     except UnicodeDecodeError as exc:
@@ -608,9 +613,9 @@ def _check_cut_values(path: str, section: str, sec: Any) -> None:
             )
 
 
-def _parse_file(path: str) -> Any:
+def _parse_file(path: str, digests: dict[str, str] | None = None) -> Any:
     """One file (the main one or an included one) read into a ConfigObj, its shape checked."""
-    lines = _read_lines(path)
+    lines = _read_lines(path, digests)
     try:
         raw = ConfigObj(lines, list_values=False, interpolation=False, encoding="utf-8")
     except ConfigObjError as exc:
@@ -633,10 +638,20 @@ def _parse_file(path: str) -> Any:
 def load(path: str) -> GsuperConfig:
     """Read, validate and parse a configuration file (and the files it includes), or raise ConfigError."""
     path = os.path.realpath(path)  # reached through a link, it is still the same master's file
+    digests: dict[str, str] = {}
+    included: list[bool] = []
+
+    def parse(file: str) -> Any:
+        raw = _parse_file(file, digests)
+        if file == path:
+            included.append("include" in raw.sections)
+        return raw
+
     try:
-        raw, origin, warnings = gather(path, _parse_file, unquote)
+        raw, origin, warnings = gather(path, parse, unquote)
     except IncludeError as exc:
         raise ConfigError(str(exc)) from None
+    digest = None if any(included) else digests.get(path)
 
     spec_lines: list[str] = []
     for section in raw.sections:
@@ -679,7 +694,7 @@ def load(path: str) -> GsuperConfig:
         where = f"[{sections[0]}] " if sections else ""
         file = origin.get(sections[0], path) if sections else path
         raise ConfigError(f"{file}: {where}{key}: unknown key")
-    return _build(path, raw, origin, tuple(warnings))
+    return replace(_build(path, raw, origin, tuple(warnings)), digest=digest)
 
 
 def _names_a_file(value: str, base: str, directory: Any) -> bool:

@@ -12,14 +12,19 @@ import json
 import os
 import socket
 import struct
-from collections.abc import Callable
-from typing import Any
+
+# Not `from typing import ...` at run time: the CLI imports this module, and typing costs it
+# about 4 ms of a start that must stay near Python's own (bench/cli_start.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    Dispatch = Callable[[dict[str, Any]], dict[str, Any]]
 
 MAX_REQUEST_BYTES = 1 << 20
 READ_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 32  # control connections served at once (each holds one descriptor)
-
-Dispatch = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class ControlError(Exception):

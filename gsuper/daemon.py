@@ -13,10 +13,16 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable
-from typing import Any
 
 from gsuper import fsafe
+
+TYPE_CHECKING = False  # not typing at run time: the CLI imports this module (see control.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    #: run(notify) -> exit code: the master's life; it calls notify(message) once it is up (or failed).
+    MasterRun = Callable[[Callable[[dict[str, Any]], None]], int]
 
 
 class AlreadyRunning(Exception):
@@ -133,10 +139,6 @@ def describe(exc: BaseException) -> str:
         where = f" {exc.filename}" if exc.filename else ""
         return f"cannot use{where}: {exc.strerror}"
     return str(exc)
-
-
-#: run(notify) -> exit code: the master's life; it calls notify(message) once it is up (or failed).
-MasterRun = Callable[[Callable[[dict[str, Any]], None]], int]
 
 
 def start_daemon(stdio_path: str | None, run: MasterRun) -> dict[str, Any] | None:

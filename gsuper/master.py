@@ -389,6 +389,10 @@ class Master:
             if self.notifier is not None:
                 self.notifier.ready()
         changes = moved + changes
+        try:  # what the CLI's fast status trusts: the bytes this master validated now
+            registry.record(self.config)
+        except OSError as exc:
+            log.warning("cannot record this master in %s: %s", registry.folder(), exc.strerror or exc)
         self.events.emit(Event("reloaded", data={"changes": changes, "errors": errors}))
         return {"ok": True, "changes": changes, "errors": errors}
 
@@ -463,7 +467,9 @@ def _pin_folders(old: config.GsuperConfig, new: config.GsuperConfig) -> tuple[co
         for key in ("rundir", "logdir")
         if getattr(new, key) != getattr(old, key)
     ]
-    return replace(new, rundir=old.rundir, logdir=old.logdir), notes
+    # Folders kept against the file: no digest, so the CLI reads the file and says so (registry.py).
+    digest = new.digest if not notes else None
+    return replace(new, rundir=old.rundir, logdir=old.logdir, digest=digest), notes
 
 
 def _announce_leftovers(count: int) -> None:
