@@ -107,7 +107,7 @@ def print_status(status: dict[str, Any], as_json: bool) -> None:
         for row in status["workers"]:
             row.pop("stop_in_s", None)
         status["master"].pop("stopping", None)
-        print(json.dumps(status, indent=1))
+        print(dumps_indent1(status))
         return
     m = status["master"]
     print(f"master {m['pid']}  up {_duration(m['uptime_s'])}  {m['config']}")
@@ -147,6 +147,95 @@ def print_status(status: dict[str, Any], as_json: bool) -> None:
     cold = {w["program"]: w.get("warm_error") for w in status["workers"] if w.get("warm") is False}
     for name, why in cold.items():
         print(f"{name}: warm: false ({why or 'no template yet'})")
+
+
+def dumps_indent1(doc: Any) -> str:
+    """`json.dumps(doc, indent=1)`, the same text, about four times faster.
+
+    With an indent, the json module leaves its C encoder for a pure-Python one, and a status
+    of 1,000 workers took 25 ms to print. Here each container is one call of the C encoder
+    whose item separator holds the newline and the indent of its level; its non-empty
+    containers are encoded the same way, one level deeper, and put where a placeholder string
+    (a lone NUL) stood. A document with a NUL in any string is left to the json module.
+    """
+    try:
+        return _indented(doc, 0)
+    except _HasNul:
+        return json.dumps(doc, indent=1)
+
+
+class _HasNul(Exception):
+    """A string holds the placeholder's character."""
+
+
+_NUL = "\x00"
+_NUL_JSON = json.dumps(_NUL)
+_ENCODERS: dict[int, Any] = {}
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _encoder(level: int) -> Any:
+    encode = _ENCODERS.get(level)
+    if encode is None:  # the items of a container at `level` stand one space deeper
+        encode = _ENCODERS[level] = json.JSONEncoder(separators=(",\n" + " " * (level + 1), ": ")).encode
+    return encode
+
+
+def _indented(obj: Any, level: int) -> str:
+    if not isinstance(obj, (dict, list)):
+        return json.dumps(obj)
+    if not obj:
+        return "{}" if isinstance(obj, dict) else "[]"
+    inner, outer = " " * (level + 1), " " * level
+    kinds = set(map(type, obj.values() if isinstance(obj, dict) else obj))  # in C, unlike a loop
+    if kinds <= _SCALARS:  # a status row: one call of the C encoder
+        text = _encoder(level)(obj)
+        return f"{text[0]}\n{inner}{text[1:-1]}\n{outer}{text[-1]}"
+    if isinstance(obj, list) and kinds <= {dict, list}:  # the list of rows
+        parts: list[str] = []
+        run: list[Any] = []
+        for value in obj:
+            if value and isinstance(value, dict) and set(map(type, value.values())) <= _SCALARS:
+                run.append(value)
+                continue
+            if run:
+                parts.append(_flat_rows(run, level + 1))
+                run = []
+            parts.append(_indented(value, level + 1))
+        if run:
+            parts.append(_flat_rows(run, level + 1))
+        return f"[\n{inner}" + f",\n{inner}".join(parts) + f"\n{outer}]"
+    # Scalars and containers mixed: the containers' places held by a NUL, filled in after.
+    if isinstance(obj, dict):
+        nested: list[Any] = [k for k, v in obj.items() if isinstance(v, (dict, list)) and v]
+        flat: Any = dict(obj)
+    else:
+        nested = [i for i, v in enumerate(obj) if isinstance(v, (dict, list)) and v]
+        flat = list(obj)
+    for key in nested:
+        flat[key] = _NUL
+    text = _encoder(level)(flat)
+    if text.count("\\u0000") != len(nested):  # a NUL of the document's own
+        raise _HasNul
+    pieces = f"{text[0]}\n{inner}{text[1:-1]}\n{outer}{text[-1]}".split(_NUL_JSON)
+    out = [pieces[0]]
+    for key, piece in zip(nested, pieces[1:]):
+        out.append(_indented(obj[key], level + 1))
+        out.append(piece)
+    return "".join(out)
+
+
+def _flat_rows(rows: list[dict[str, Any]], level: int) -> str:
+    """Non-empty dicts of scalars at `level`, in one call of the C encoder, joined as list items.
+
+    A raw newline stands only in separators (the encoder writes it as \\n in a string), and in
+    a dict of scalars no separator follows a `}` or precedes a `{`: so `},<newline>{` is only
+    ever the boundary of two rows.
+    """
+    inner, outer = " " * (level + 1), " " * level
+    text = _encoder(level)(rows)  # [{row 0},<sep>{row 1}]: every separator the rows' own
+    text = text[2:-2].replace(f"}},\n{inner}{{", f"\n{outer}}},\n{outer}{{\n{inner}")
+    return f"{{\n{inner}{text}\n{outer}}}"
 
 
 def print_table(rows: Sequence[tuple[str, ...]]) -> None:

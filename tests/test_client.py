@@ -159,3 +159,33 @@ def test_a_file_with_an_include_takes_the_full_path(gs):
     assert seen["code"] == 0 and "configobj" in seen["heavy"]
     assert {w["program"] for w in json.loads(out.stdout)["workers"]} == {"sleeper", "other", "inc"}
     gs.run("-s", "stop", check=True)
+
+
+ROW = {"program": "a", "index": 0, "pid": 7, "state": "RUNNING", "uptime_s": 1.5, "rss_bytes": None, "busy_s": 0.25}
+DOCS = [
+    {"master": {"pid": 1, "config": "/x.ini"}, "workers": [dict(ROW, index=i) for i in range(5)], "programs": []},
+    {"workers": [ROW, dict(ROW, last_exit={"reason": "crashed", "code": -9}), ROW, {}, ROW, [], [ROW, [1, [2, []]]]]},
+    {"a": [], "b": {}, "c": [[], {}], "d": [1, "two", None, True, 2.5, {"e": {"f": [{"g": 1}]}}]},
+    {"keys": {"}": 1, ",\n {": "}},\n   {", "quote\"and\\backslash": "[{]}", "tab\tnew\nline": "é ✓ \U0001f600"}},
+    {"rows": [{"s": "},\n   {"}, {"s": "}"}, {"s": "{"}, {"n": -0.0, "big": 10**30, "e": 1e-7, "nan": float("nan")}]},
+    {"nul": "a\x00b", "rows": [ROW, ROW]},  # a NUL of the document's own: the json module writes it
+    {"nul": {"\x00": [1, {"x": 2}]}},
+    [ROW, ROW],
+    [],
+    "text",
+    3,
+]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=range(len(DOCS)))
+def test_dumps_indent1_writes_what_the_json_module_writes(doc) -> None:
+    assert client.dumps_indent1(doc) == json.dumps(doc, indent=1)
+
+
+def test_dumps_indent1_on_a_status_of_1000_workers() -> None:
+    rows = [
+        dict(ROW, index=i, last_exit=None if i % 3 else {"reason": "max_request", "code": 0}, last_error=None, user=None)
+        for i in range(1000)
+    ]
+    doc = {"master": {"pid": 1, "uptime_s": 2.0}, "workers": rows, "programs": [{"name": "a", "backlog": None}]}
+    assert client.dumps_indent1(doc) == json.dumps(doc, indent=1)
