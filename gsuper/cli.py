@@ -502,8 +502,8 @@ def cmd_status(args: dict[str, Any]) -> int:
     cfg = _load_for_running(args)
     programs, groups, _names = _selection(args, cfg)
     _running(cfg)
-    status = _ask(cfg, {"cmd": "status", "programs": programs, "groups": groups})["status"]
-    client.print_status(status, bool(args["--json"]))
+    reply = _ask(cfg, client.status_request(programs, groups, bool(args["--json"])))
+    client.print_reply(reply, bool(args["--json"]))
     return 0
 
 

@@ -90,24 +90,47 @@ def status(opts: dict[str, Any]) -> int | None:
     if not isinstance(rundir, str) or not daemon.running_pid(os.path.join(rundir, "gsuper.pid")):
         return None
     try:
-        reply = control.request(os.path.join(rundir, "gsuper.sock"), {"cmd": "status", "programs": programs, "groups": groups})
+        reply = control.request(os.path.join(rundir, "gsuper.sock"), status_request(programs, groups, opts["json"]))
     except control.ControlError as exc:
         print(f"gsuper: {exc}", file=sys.stderr)
         return 1
     if not reply.get("ok"):
         print(f"gsuper: {reply.get('error', 'the master refused the request')}", file=sys.stderr)
         return 2 if reply.get("config_error") else 1
-    print_status(reply["status"], opts["json"])
+    print_reply(reply, opts["json"])
     return 0
+
+
+def status_request(programs: list[str], groups: list[str], as_json: bool) -> dict[str, Any]:
+    """The control request of `status` (with `--json`, for the text the master encodes)."""
+    request: dict[str, Any] = {"cmd": "status", "programs": programs, "groups": groups}
+    if as_json:
+        request["format"] = "json"
+    return request
+
+
+def status_json(status: dict[str, Any]) -> str:
+    """The text `status --json` prints: the document without what only the CLI's stop reads
+    (`stop_in_s`, `stopping`), as `json.dumps(indent=1)` writes it. Changes `status`."""
+    for row in status["workers"]:
+        row.pop("stop_in_s", None)
+    status["master"].pop("stopping", None)
+    return dumps_indent1(status)
+
+
+def print_reply(reply: dict[str, Any], as_json: bool) -> None:
+    """Print a status reply: the master's text (`json`), or the document (`status`) from a
+    master that does not encode it (one started by an older gsuper, running across an upgrade)."""
+    if as_json and isinstance(reply.get("json"), str):
+        print(reply["json"])
+        return
+    print_status(reply["status"], as_json)
 
 
 def print_status(status: dict[str, Any], as_json: bool) -> None:
     """`status` as the command line prints it: the table, or with `as_json` the JSON document."""
     if as_json:
-        for row in status["workers"]:
-            row.pop("stop_in_s", None)
-        status["master"].pop("stopping", None)
-        print(dumps_indent1(status))
+        print(status_json(status))
         return
     m = status["master"]
     print(f"master {m['pid']}  up {_duration(m['uptime_s'])}  {m['config']}")

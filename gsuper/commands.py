@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 
 from gsuper import config
+from gsuper.client import status_json
 from gsuper.config import MAX_WORKERS
 from gsuper.program import RollingError
 
@@ -45,6 +46,7 @@ FIELD_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "rolling": ("true or false", lambda v: isinstance(v, bool)),
     "rss": ("true or false", lambda v: isinstance(v, bool)),
     "wait": ("true or false", lambda v: isinstance(v, bool)),
+    "format": ('"json"', lambda v: v == "json"),
 }
 KILLED_EXIT = {"reason": "stopped", "code": -9}  # last_exit of a worker SIGKILLed at its stop timeout
 
@@ -96,9 +98,14 @@ class Commands:
         """The status document (only the selected programs' workers).
 
         `"rss": false` skips sampling memory: the CLI polls status while a stop drains, and one
-        pass over /proc per poll would be work done for nothing.
+        pass over /proc per poll would be work done for nothing. `"format": "json"` answers
+        with the text `status --json` prints (`"json"`), encoded once, here: the CLI then
+        neither decodes nor re-encodes 1,000 rows (about 15 ms of its start).
         """
-        return {"ok": True, "status": self.master.status(names, with_rss=request.get("rss", True) is not False)}
+        status = self.master.status(names, with_rss=request.get("rss", True) is not False)
+        if request.get("format") == "json":
+            return {"ok": True, "json": status_json(status)}
+        return {"ok": True, "status": status}
 
     def cmd_start(self, request: dict[str, Any], names: list[str]) -> Reply:
         """Start the selected programs' slots that are at rest."""

@@ -13,7 +13,7 @@ import pytest
 from docopt import docopt
 
 from conftest import BIN
-from gsuper import cli, client, registry
+from gsuper import cli, client, control, registry
 
 SLEEPER = """
 [program:sleeper]
@@ -107,6 +107,21 @@ def comparable(doc: dict) -> dict:
     return doc
 
 
+def client_doc(doc: dict) -> dict:
+    for w in doc["workers"]:
+        w.pop("stop_in_s")
+    doc["master"].pop("stopping")
+    return doc
+
+
+def test_a_reply_without_the_text_is_printed_from_the_document(capsys) -> None:
+    doc = {"master": {"pid": 1, "stopping": False}, "workers": [dict(ROW, stop_in_s=None)], "programs": []}
+    client.print_reply({"ok": True, "status": json.loads(json.dumps(doc))}, True)  # an older master
+    assert capsys.readouterr().out == json.dumps(client_doc(doc), indent=1) + "\n"
+    client.print_reply({"ok": True, "json": "{}"}, True)
+    assert capsys.readouterr().out == "{}\n"
+
+
 def test_status_takes_the_fast_path_and_answers_as_the_full_path(gs):
     gs.write(SLEEPER)
     gs.start()
@@ -116,6 +131,12 @@ def test_status_takes_the_fast_path_and_answers_as_the_full_path(gs):
     full, seen_full = probe(gs, "-s", "status", "--jso")  # an abbreviation: docopt parses it
     assert seen_full["code"] == 0 and "configobj" in seen_full["heavy"]
     assert comparable(json.loads(fast.stdout)) == comparable(json.loads(full.stdout))
+
+    # The master's text (format: json) is the document a master without it sends, encoded so.
+    sock = str(gs.root / "run" / "gsuper.sock")
+    text = control.request(sock, {"cmd": "status", "format": "json"})["json"]
+    doc = control.request(sock, {"cmd": "status"})["status"]
+    assert comparable(json.loads(text)) == comparable(client_doc(doc)) and text == json.dumps(json.loads(text), indent=1)
 
     table, seen = probe(gs, "-s", "status", "-g", "sleepy")
     assert seen["heavy"] == [] and table.stderr == ""
