@@ -228,7 +228,9 @@ class Worker:
         status pipe), or None when idle."""
         if not self.alive or self.proc is None:
             return None
-        if Rules.of(self.config).loop_runs:  # exec in loop mode: each run is one request
+        # exec in loop mode (Rules.loop_runs): each run is one request. Tested here without
+        # building the Rules: status asks every worker, 1,000 of them per request.
+        if self.config.mode == "loop" and self.config.runner == "exec":
             return guard.Busy(int(self.started_at * 1e9), self.requests + 1)
         return self.proc.busy(now_ns) or self._pipe_busy
 
