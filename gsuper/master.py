@@ -59,6 +59,9 @@ STRAY_SIGNALS = tuple(
 RECORD_DELAY_S = 0.05  # changes within this time share one rewrite of the takeover record
 STATUS_RSS_MAX_AGE_S = 1.0  # an older sample is refreshed behind the status that sees it
 STATUS_RSS_STALE_S = 60.0  # an older one (or none) is taken before the status is answered
+# The refresh waits this long: started at once, it would run in the first pause of the answer's
+# own sendall (250 KB for 1,000 workers fills the socket buffer) and hold the answer back.
+STATUS_REFRESH_DELAY_S = 0.1
 
 Notify = Callable[[dict[str, Any]], None]
 
@@ -333,7 +336,7 @@ class Master:
         if with_rss and now - self._sampled_at > STATUS_RSS_STALE_S:
             self._sample_for_status()
         elif with_rss and now - self._sampled_at > STATUS_RSS_MAX_AGE_S and self._sampling is None:
-            self._sampling = gevent.spawn(self._sample_for_status)
+            self._sampling = gevent.spawn_later(STATUS_REFRESH_DELAY_S, self._sample_for_status)
         rows = sorted((row for p in chosen for row in p.snapshot()), key=lambda r: (r["program"], r["index"]))
         return {
             "master": {
