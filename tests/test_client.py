@@ -84,7 +84,7 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 from gsuper.cli import main
 code = main(sys.argv[2:])
-heavy = sorted(m for m in ("docopt", "configobj", "validate", "gevent", "psutil", "gsuper.config", "typing") if m in sys.modules)
+heavy = sorted(m for m in ("docopt", "configobj", "validate", "gevent", "psutil", "gsuper.config", "typing", "socket") if m in sys.modules)
 print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
 """
 
