@@ -321,7 +321,7 @@ class Master:
 
     # -- what the control commands ask --------------------------------------------------------
 
-    def status(self, names: list[str] | None = None, with_rss: bool = True) -> dict[str, Any]:
+    def status(self, names: list[str] | None = None, with_rss: bool = True, rss_now: bool = False) -> dict[str, Any]:
         """Master and worker rows, from the master's own state.
 
         RSS and PSS are each worker's last sample. A sample older than STATUS_RSS_MAX_AGE_S is
@@ -330,10 +330,13 @@ class Master:
         workers the PSS pass alone takes ~70 ms. Only when there is none younger than
         STATUS_RSS_STALE_S (the first status, or one after a long quiet) is it taken first, so
         that a status now and then does not show numbers of long ago (`with_rss=False`: none).
+        `rss_now` takes it first whenever it is older than STATUS_RSS_MAX_AGE_S: a /metrics
+        scrape, which asks at most every 15 s (docs/monitoring.md, memory freshness).
         """
         chosen = [self.programs[n] for n in (names if names is not None else list(self.programs))]
         now = time.monotonic()
-        if with_rss and now - self._sampled_at > STATUS_RSS_STALE_S:
+        stale_s = STATUS_RSS_MAX_AGE_S if rss_now else STATUS_RSS_STALE_S
+        if with_rss and now - self._sampled_at > stale_s:
             self._sample_for_status()
         elif with_rss and now - self._sampled_at > STATUS_RSS_MAX_AGE_S and self._sampling is None:
             self._sampling = gevent.spawn_later(STATUS_REFRESH_DELAY_S, self._sample_for_status)

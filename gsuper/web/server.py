@@ -78,7 +78,7 @@ class MasterSource:
 
     def document(self, fresh_rss: bool) -> dict[str, Any]:
         """The master's status document (memory sampled now only when `fresh_rss`)."""
-        return self.master.status(None, with_rss=fresh_rss)
+        return self.master.status(None, with_rss=fresh_rss, rss_now=fresh_rss)
 
     def desired(self) -> dict[str, int]:
         """Each program's worker count as configured or last scaled."""
