@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,17 @@ def log(msg: str) -> None:
     print(f"[cli_start] {msg}", file=sys.stderr, flush=True)
 
 
-def timed(argv: list[str], cwd: Path | None = None) -> float:
+def timed(argv: list[str]) -> float:
+    """Wall time of one run. Not subprocess.run(timeout=): with a timeout, wait() polls with
+    sleeps of up to 50 ms, and every time comes out a multiple of about 50 ms."""
     t0 = time.perf_counter()
-    subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, cwd=cwd)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    watchdog = threading.Timer(60, proc.kill)
+    watchdog.start()
+    try:
+        proc.wait()  # a blocking waitpid: returns when the child exits
+    finally:
+        watchdog.cancel()
     return time.perf_counter() - t0
 
 
