@@ -80,12 +80,14 @@ def test_sha256_matches_hashlib() -> None:
 # -- through the real command line ----------------------------------------------------------------
 
 PROBE = """
-import json, sys
+import sys
+before = set(sys.modules)  # what the interpreter itself loaded (Python 3.9's site loads typing)
 sys.path.insert(0, sys.argv[1])
 from gsuper.cli import main
 code = main(sys.argv[2:])
-heavy = sorted(m for m in ("docopt", "configobj", "validate", "gevent", "psutil", "gsuper.config", "typing", "socket") if m in sys.modules)
-print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
+heavy = ("docopt", "configobj", "validate", "gevent", "psutil", "gsuper.config", "typing", "socket")
+import json
+print(json.dumps({"code": code, "heavy": sorted(m for m in heavy if m in sys.modules and m not in before)}), file=sys.stderr)
 """
 
 
