@@ -19,7 +19,7 @@ from collections.abc import Callable
 import gevent
 import gevent.event
 
-from gsuper import guard, runners
+from gsuper import guard, memsample, runners
 from gsuper.config import ProgramConfig
 from gsuper.logs import PipeReader
 from gsuper.users import User
@@ -93,6 +93,7 @@ class Child:
         self._watcher.stop()
         self.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
         _LIVE.discard(self.pid)
+        memsample.forget(self.pid)  # reaped: its pid may be reused, its /proc descriptors are void
         self._exited.set()
 
     def wait(self, timeout: float | None = None) -> int | None:
