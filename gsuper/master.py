@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import gevent.event
 import gevent.queue
-import psutil
 
 from gsuper import __version__, config, osutil, preflight, record, registry, runners
 from gsuper.autoscale import BacklogCheck, program_row
@@ -93,7 +92,7 @@ class Master:
         self._record_pending = False
         self._busy = False  # a reload or rolling restart is being applied
         self._sampled_at = float("-inf")  # when status last sampled every live worker's RSS
-        self._created = psutil.Process().create_time()
+        self._created = osutil.start_time()
         self.events.subscribe(self._on_event)
         self.web: WebServer | None = None
         self.hooks: HookRunner | None = None

@@ -99,8 +99,13 @@ class _Proc:
 
     def child_pids(self) -> set[int]:
         """The pids its main thread forked that live now (empty once it is gone)."""
+        size = 4096  # ~500 children; a bigger buffer costs its allocation at every read
         try:
-            return {int(p) for p in os.pread(self.children, 65536, 0).split()}
+            while True:
+                data = os.pread(self.children, size, 0)
+                if len(data) < size:
+                    return {int(p) for p in data.split()}
+                size *= 16
         except (OSError, ValueError):
             return set()
 
@@ -196,12 +201,14 @@ class TreeSampler:
             if keep:
                 self._roots[pid] = node
         try:
-            total = node.rss()
-            if total is None:
+            try:  # inline: one pread of statm and one of children per sampled worker
+                total = int(os.pread(node.statm, 128, 0).split(None, 2)[1]) * PAGE_BYTES
+            except (OSError, IndexError, ValueError):  # reaped
                 self.forget(pid)
                 return None
             members = [pid]
-            total += self._descend(node, members, keep)
+            if node.kids or os.pread(node.children, 1, 0):
+                total += self._descend(node, members, keep)
             return total, members
         finally:
             if not keep and self._roots.get(pid) is not node:

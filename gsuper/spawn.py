@@ -101,6 +101,10 @@ class Child:
         self._exited.wait(timeout)
         return self.returncode
 
+    def on_exit(self, callback: Callable[[], object]) -> None:
+        """Call `callback()` in the hub once the process is gone (soon, if it is already)."""
+        self._exited.rawlink(lambda _event: callback())
+
 
 def setpriv_argv(argv: list[str], user: User | None = None) -> list[str]:
     """The command line that runs argv through setpriv: parent-death signal, and the user.
@@ -202,6 +206,10 @@ class WorkerProcess:
     def wait(self, timeout: float | None = None) -> int | None:
         """The exit status, waiting cooperatively up to `timeout` (None: still running)."""
         return self.child.wait(timeout)
+
+    def on_exit(self, callback: Callable[[], object]) -> None:
+        """Call `callback()` in the hub once the process is gone (the slot parks on it)."""
+        self.child.on_exit(callback)
 
     def drain(self, timeout_s: float) -> None:
         """After the exit: take the runner's last report (its exit reason) from the status pipe.
