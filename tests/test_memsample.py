@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -195,3 +196,18 @@ def test_forget_closes_the_whole_tree(tree: Tree) -> None:
     assert open_fds() == before + 6
     sampler.forget(tree.pid)
     assert len(sampler) == 0 and open_fds() == before
+
+
+def test_preflight_counts_the_samplers_descriptors_only_for_limited_programs(tmp_path: Path) -> None:
+    from gsuper import config, preflight
+
+    def needed(limit: str) -> int:
+        path = tmp_path / "gsuper.ini"
+        path.write_text(
+            "[gsuper]\nrundir = run\nlogdir = log\n"
+            f"[program:a]\ncommand = sleep 1\nnumprocs = 3\n{limit}\n"
+            "[program:b]\ncommand = sleep 1\nnumprocs = 5\n"
+        )
+        return preflight.descriptors_needed(config.load(str(path)))
+
+    assert needed("memory_limit = 64M") - needed("") == 3 * preflight.FDS_PER_SAMPLED_WORKER == 6
