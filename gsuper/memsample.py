@@ -127,13 +127,14 @@ class NoChildrenFiles(Exception):
 
 def _open(pid: int, parent: int | None) -> _Proc | None:
     """Open a process's files; with `parent`, only if it is still that process's child."""
-    try:
-        d = os.open(f"/proc/{pid}", _DIR)
-    except OSError:
-        return None
+    base = f"/proc/{pid}/"
+    d: int | None = None
     fds: list[int] = []
     try:
-        if parent is not None:  # the pid may have been reused since the parent listed it
+        if parent is not None:  # the pid may have been reused since the parent listed it:
+            # hold its folder (bound to one process), check its parent, open the rest through it
+            d = os.open(base, _DIR)
+            base = ""
             fd = os.open("stat", _RDONLY, dir_fd=d)
             try:
                 data = os.pread(fd, 1024, 0)
@@ -141,9 +142,10 @@ def _open(pid: int, parent: int | None) -> _Proc | None:
                 os.close(fd)
             if int(data[data.rfind(b")") + 2 :].split(None, 2)[1]) != parent:
                 return None
-        fds.append(os.open("statm", _RDONLY, dir_fd=d))
+        # A root is the caller's unreaped child: its pid cannot have been reused, paths will do.
+        fds.append(os.open(base + "statm", _RDONLY, dir_fd=d))
         try:
-            fds.append(os.open(f"task/{pid}/children", _RDONLY, dir_fd=d))
+            fds.append(os.open(f"{base}task/{pid}/children", _RDONLY, dir_fd=d))
         except FileNotFoundError:
             if os.path.exists(f"/proc/{pid}/task/{pid}"):
                 raise NoChildrenFiles() from None
@@ -158,7 +160,8 @@ def _open(pid: int, parent: int | None) -> _Proc | None:
             os.close(fd)
         raise
     finally:
-        os.close(d)
+        if d is not None:
+            os.close(d)
 
 
 class TreeSampler:
