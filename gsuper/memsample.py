@@ -15,9 +15,11 @@ reaped it (the caller's check, in the same greenlet step); a descendant found in
 ``children`` is opened through ``/proc/CHILD`` and kept only if that process's parent is still
 the parent that listed it.
 
-Limits: ``children`` lists what the *main thread* forked; a child forked by another thread of
-a multi-threaded worker is not seen (its memory is not counted), nor are the descendants of a
-process that was reparented away (to the master, a subreaper). Where the kernel has no
+``children`` lists what one thread forked: a process's other threads are listed at its first
+sample and every THREAD_SCAN_EVERY (30) samples after, and a multi-threaded one has their
+``children`` files read (opened and closed) at each sample. So a child forked by a thread born
+after the last listing is counted within 30 samples. The descendants of a process reparented
+away (to the master, a subreaper) are not counted. Where the kernel has no
 ``children`` files (CONFIG_PROC_CHILDREN), every sample falls back to one pass over /proc
 (:func:`proc_table`).
 """
@@ -28,6 +30,9 @@ import os
 from collections import defaultdict
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+#: A sampled process's threads are listed at its first sample and then every this many: the
+#: children a thread other than the main one forks are found within that many samples.
+THREAD_SCAN_EVERY = 30
 _RDONLY = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 _DIR = _RDONLY | getattr(os, "O_DIRECTORY", 0)
 
@@ -81,13 +86,26 @@ def tree_members(root: int, children: dict[int, list[int]]) -> list[int]:
 class _Proc:
     """One process of a sampled tree: its statm and children files, and its children's."""
 
-    __slots__ = ("pid", "statm", "children", "kids")
+    __slots__ = ("pid", "statm", "children", "kids", "threads", "samples")
 
     def __init__(self, pid: int, statm: int, children: int) -> None:
         self.pid = pid
         self.statm = statm
         self.children = children
         self.kids: dict[int, _Proc] = {}
+        self.threads: tuple[int, ...] = ()  # its other threads, as last listed
+        self.samples = 0
+
+    def other_threads(self) -> tuple[int, ...]:
+        """Its threads but the main one, listed again every THREAD_SCAN_EVERY samples (the
+        children they fork are in their own children files)."""
+        if self.samples % THREAD_SCAN_EVERY == 0:
+            try:
+                self.threads = tuple(int(t) for t in os.listdir(f"/proc/{self.pid}/task") if int(t) != self.pid)
+            except (OSError, ValueError):
+                self.threads = ()
+        self.samples += 1
+        return self.threads
 
     def rss(self) -> int | None:
         """Resident bytes now; None once the process is reaped (a zombie reads 0)."""
@@ -98,16 +116,24 @@ class _Proc:
             return None
 
     def child_pids(self) -> set[int]:
-        """The pids its main thread forked that live now (empty once it is gone)."""
+        """The pids its threads forked that live now (empty once it is gone)."""
         size = 4096  # ~500 children; a bigger buffer costs its allocation at every read
         try:
             while True:
                 data = os.pread(self.children, size, 0)
                 if len(data) < size:
-                    return {int(p) for p in data.split()}
+                    break
                 size *= 16
+            found = {int(p) for p in data.split()}
         except (OSError, ValueError):
             return set()
+        for tid in self.threads:  # a multi-threaded process: opened for each sample, rare
+            try:
+                with open(f"/proc/{self.pid}/task/{tid}/children", "rb") as f:
+                    found.update(int(p) for p in f.read().split())
+            except (OSError, ValueError):
+                continue
+        return found
 
     def close(self) -> None:
         """Close its descriptors and its descendants'."""
@@ -210,7 +236,7 @@ class TreeSampler:
                 self.forget(pid)
                 return None
             members = [pid]
-            if node.kids or os.pread(node.children, 1, 0):
+            if node.other_threads() or node.kids or os.pread(node.children, 1, 0):
                 total += self._descend(node, members, keep)
             return total, members
         finally:
@@ -239,6 +265,7 @@ class TreeSampler:
             if rss is None:
                 node.kids.pop(pid).close()
                 continue
+            kid.other_threads()
             members.append(pid)
             total += rss + self._descend(kid, members, keep)
         return total

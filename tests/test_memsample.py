@@ -21,8 +21,14 @@ from conftest import wait_for
 from gsuper.memsample import PAGE_BYTES, TreeSampler, _open, proc_table, tree_members
 
 ROOT_SCRIPT = textwrap.dedent("""\
-    import subprocess, sys
+    import subprocess, sys, threading
     kids = {}
+    done = threading.Event()
+    def from_a_thread(started):
+        p = subprocess.Popen(["sleep", "1000"])
+        kids[p.pid] = p
+        started.append(p.pid)
+        done.wait()  # alive: the child stays in this thread's children file
     print("ready", flush=True)
     for line in sys.stdin:
         cmd, _, arg = line.strip().partition(" ")
@@ -30,12 +36,20 @@ ROOT_SCRIPT = textwrap.dedent("""\
             p = subprocess.Popen(["sleep", "1000"])
             kids[p.pid] = p
             print(p.pid, flush=True)
+        elif cmd == "thread":
+            started = []
+            t = threading.Thread(target=from_a_thread, args=(started,), daemon=True)
+            t.start()
+            while not started:
+                done.wait(0.01)
+            print(started[0], flush=True)
         elif cmd == "end":
             p = kids.pop(int(arg))
             p.kill()
             p.wait()
             print("ended", flush=True)
-    for p in kids.values():
+    done.set()
+    for p in list(kids.values()):
         p.kill()
         p.wait()
 """)
@@ -64,6 +78,12 @@ class Tree:
     def spawn(self) -> int:
         """A new `sleep` child, once it sleeps (its RSS settled after the exec)."""
         pid = int(self._ask("spawn"))
+        wait_for(lambda: settled(pid), what=f"sleep {pid} to settle")
+        return pid
+
+    def spawn_from_a_thread(self) -> int:
+        """A new `sleep` child forked by a second thread of the root (which stays alive)."""
+        pid = int(self._ask("thread"))
         wait_for(lambda: settled(pid), what=f"sleep {pid} to settle")
         return pid
 
@@ -147,6 +167,15 @@ def test_a_child_that_appears_and_one_that_exits(tree: Tree) -> None:
     assert got is not None and got[1] == [tree.pid, second]
     assert got[0] == statm_rss(tree.pid) + statm_rss(second)
     assert sampler.descriptors() == 4  # the ended child's two are closed
+    sampler.close()
+
+
+def test_a_child_forked_by_another_thread_is_counted(tree: Tree) -> None:
+    kid = tree.spawn_from_a_thread()
+    sampler = TreeSampler()
+    got = sampler.sample(tree.pid)  # the first sample lists the root's threads
+    assert got is not None and got[1] == [tree.pid, kid]
+    assert got[0] == vm_rss(tree.pid) + vm_rss(kid)
     sampler.close()
 
 
