@@ -26,8 +26,13 @@ away (to the master, a subreaper) are not counted. Where the kernel has no
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import time
 from collections import defaultdict
+
+log = logging.getLogger("gsuper")
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 #: A sampled process's threads are listed at its first sample and then every this many: the
@@ -81,6 +86,19 @@ def tree_members(root: int, children: dict[int, list[int]]) -> list[int]:
         members.append(pid)
         stack.extend(children.get(pid, ()))
     return members
+
+
+_warned_at = float("-inf")
+
+
+def _out_of_descriptors(pid: int) -> None:
+    """A tree could not be opened for want of descriptors: its memory is not sampled now.
+    Said at most once a minute (preflight counts what the sampler needs; this is the rest)."""
+    global _warned_at
+    now = time.monotonic()
+    if now - _warned_at >= 60:
+        _warned_at = now
+        log.warning("too many open files in the master: the memory of pid %d (and maybe others) is not sampled", pid)
 
 
 class _Proc:
@@ -177,9 +195,11 @@ def _open(pid: int, parent: int | None) -> _Proc | None:
                 raise NoChildrenFiles() from None
             raise
         return _Proc(pid, fds[0], fds[1])
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError, IndexError) as exc:
         for fd in fds:
             os.close(fd)
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            _out_of_descriptors(pid)
         return None
     except NoChildrenFiles:
         for fd in fds:

@@ -14,6 +14,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -240,3 +241,21 @@ def test_preflight_counts_the_samplers_descriptors_only_for_limited_programs(tmp
         return preflight.descriptors_needed(config.load(str(path)))
 
     assert needed("memory_limit = 64M") - needed("") == 3 * preflight.FDS_PER_SAMPLED_WORKER == 6
+
+
+def test_out_of_descriptors_is_said_not_raised(tree: Tree, monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:
+    import errno
+
+    import gsuper.memsample as memsample
+
+    def emfile(*_args: Any, **_kwargs: Any) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(memsample, "_warned_at", float("-inf"))
+    monkeypatch.setattr(memsample.os, "open", emfile)
+    sampler = TreeSampler()
+    with caplog.at_level("WARNING", logger="gsuper"):
+        assert sampler.sample(tree.pid) is None
+        assert sampler.sample(tree.pid) is None
+    said = [r.getMessage() for r in caplog.records if "too many open files" in r.getMessage()]
+    assert said == [f"too many open files in the master: the memory of pid {tree.pid} (and maybe others) is not sampled"]
