@@ -5,7 +5,7 @@ Each size runs under this checkout's gsuper and under gsuper at --baseline (defa
 temporary git worktree), one after the other in the same run, each with `memory_limit = 512M`
 so that the master samples every worker's tree every second. Measured per master, after all its
 workers run and a settle: VmRSS from /proc/PID/status, CPU over --idle seconds from
-/proc/PID/stat ticks, and the median of 3 `status --json` commands.
+/proc/PID/stat ticks, and the medians of 3 `status --json` and of 3 `--version` commands.
 
 Usage: python3 bench/master_cost.py [--sizes 10,100,1000] [--idle S] [--baseline REV]
 Results are printed as a table and written as JSON to bench/results/.
@@ -51,6 +51,7 @@ def measure(sysm: Gsuper, idle_s: float) -> dict[str, Any]:
         res["idle_cpu_percent"] = measure_idle_cpu(master, idle_s)
         res["rss_bytes"] = vm_rss(master)
         res["status_s"] = median([timed(sysm.cli("-s", "status", "--json")) for _ in range(3)])
+        res["version_s"] = median([timed(sysm.version_cmd()) for _ in range(3)])
     except Exception as exc:  # noqa: BLE001 - report what we have; the run goes on
         res["error"] = f"{type(exc).__name__}: {exc}"
     finally:
@@ -93,6 +94,7 @@ def main() -> int:
             ("rss_bytes", "master VmRSS", "MiB"),
             ("idle_cpu_percent", "master idle CPU (sampling every 1 s)", "%"),
             ("status_s", "status --json", "s"),
+            ("version_s", "gsuper --version (the CLI's start)", "s"),
         ):
             rows.append([f"{label}, {n} workers", fmt(b.get(key), unit), fmt(t.get(key), unit), ratio(t.get(key), b.get(key))])
         for name, r in (("baseline", b), ("this", t)):

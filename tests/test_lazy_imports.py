@@ -1,7 +1,8 @@
 """The master imports the optional parts only where its configuration uses them (issue 16):
 a plain configuration's master never loads the autoscaler, the backlog readers, the hooks, the
 HTTP endpoint, psutil or hashlib (OpenSSL). A subprocess makes the Master of a configuration
-and loads its features, as `run` does, then lists its modules."""
+and loads its features, as `run` does, then lists its modules; and a reload that brings the
+first scale_source starts autoscaling (through the real command line)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, wait_for
 
 PROBE = """
 import json, sys
@@ -49,3 +50,30 @@ def test_scale_source_and_hooks_load_theirs(tmp_path: Path) -> None:
     )
     assert {"gsuper.autoscale", "gsuper.backlog", "gsuper.scaling", "gsuper.hooks"} <= loaded
     assert "gsuper.web.server" not in loaded
+
+
+def test_a_reload_that_adds_a_scale_source_starts_autoscaling(gs):
+    """The autoscaler check is made by the reload that brings the first scale_source."""
+    (gs.root / "depth").write_text("25\n")
+    gs.write("""
+    [program:w]
+    command = sleep 1000
+    numprocs = 1
+    startsecs = 0
+    """)
+    gs.start()
+    wait_for(lambda: len(gs.workers("w")) == 1, 10, "1 worker")
+    gs.write("""
+    [program:w]
+    command = sleep 1000
+    numprocs = 1
+    numprocs_max = 4
+    scale_source = command:cat depth
+    scale_interval = 0.1
+    scale_cooldown = 0.3
+    scale_step = 4
+    startsecs = 0
+    """)
+    gs.run("-s", "reload", check=True)
+    wait_for(lambda: len([w for w in gs.workers("w") if w["state"] == "RUNNING"]) == 3, 15, "3 workers (ceil(25/10))")
+    gs.run("-s", "stop", check=True)
