@@ -19,11 +19,13 @@ cannot be built, the program runs cold (:func:`gsuper.spawn.launch_worker`) and 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +35,7 @@ import gevent.lock
 import gevent.queue
 import gevent.socket
 
-from gsuper import runners
+from gsuper import guard, runners
 from gsuper.config import ProgramConfig
 from gsuper.logs import LogFile, PipeReader, timestamp
 from gsuper.record import Entry
@@ -48,7 +50,8 @@ BUILD_TIMEOUT_S = 60.0  # a bootstrap slower than this is a failed build
 FORK_TIMEOUT_S = 5.0  # a fork request unanswered this long: the template is broken
 STOP_TIMEOUT_S = 5.0  # TERM to the template's group, then SIGKILL
 BACKOFF_START_S, BACKOFF_MAX_S = 0.1, 10.0  # rebuilds of a template that died young
-UP_LONG_ENOUGH_S = 1.0  # a template that lived this long died "late": rebuilt at once
+UP_LONG_ENOUGH_S = 1.0  # a template (or spare) that lived this long died "late": replaced at once
+REFILL_DELAY_S = 0.05  # after a go, the next spare is forked this much later (CPU for the new worker)
 
 
 class TemplateError(Exception):
@@ -65,8 +68,28 @@ def template_log(logfile: LogFile) -> Callable[[bytes], None]:
     return write
 
 
+class Spare:
+    """A worker forked in advance: the master's child already, in its own session, idle on its
+    own socket until :meth:`Template._go` hands it a slot (or the socket closes: it exits)."""
+
+    def __init__(self, child: Child, sock: socket.socket) -> None:
+        self.child = child
+        self.sock = sock
+        self.born = gevent.get_hub().loop.now()
+        self.taken = False  # handed a slot: a worker now, no longer the template's
+
+    def close(self) -> None:
+        """End an idle spare: close its socket (it exits) and SIGKILL its group to be sure."""
+        self.sock.close()
+        if not self.taken and self.child.returncode is None:
+            try:
+                os.killpg(self.child.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
 class Template:
-    """One running template process of a program, and the socket to it."""
+    """One running template process of a program, its socket, and its one spare worker."""
 
     def __init__(self, config: ProgramConfig, output: Callable[[bytes], None]) -> None:
         self.config = config
@@ -80,6 +103,8 @@ class Template:
         self._replies: gevent.queue.Queue[dict[str, Any] | None] = gevent.queue.Queue()
         self._lock = gevent.lock.Semaphore()
         self._output: PipeReader | None = None
+        self._spare: Spare | None = None  # the next worker, forked in advance
+        self.env: dict[str, str] = {}  # the template's environment (a go sends what differs)
 
     @property
     def pid(self) -> int | None:
@@ -99,6 +124,7 @@ class Template:
         fd = theirs.fileno()
         env = runners.env_for(self.config, 0, fd, 0)
         env.update(GSUPER_WORKER="template", GSUPER_TEMPLATE_FD=str(fd))
+        self.env = env
         try:
             directory = runners.settings(self.config, 0).directory
             self.child = spawn(runners.argv_for(self.config), env, directory, out_w, (fd,), self.config.user)
@@ -149,6 +175,66 @@ class Template:
                     self._replies.put(event)
         self._replies.put(None)
 
+    def _fork_spare(self) -> Spare:
+        """Ask the template for one spare worker (call under `_lock`). Raises TemplateError."""
+        sock = self._sock
+        if sock is None or not self.alive:
+            raise TemplateError("the template is not running")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            socket.send_fds(sock, [b'{"spare": true}\n'], [theirs.fileno()])
+            reply = self._replies.get(timeout=FORK_TIMEOUT_S)
+        except (OSError, gevent.queue.Empty) as exc:
+            reply = {"event": "fork_failed", "message": getattr(exc, "strerror", None) or "no answer"}
+        finally:
+            theirs.close()
+        pid = reply.get("pid") if reply else None
+        if not isinstance(pid, int) or pid <= 0:
+            ours.close()
+            message = (reply or {}).get("message", "the template is gone")
+            raise TemplateError(f"the template could not fork a worker ({message})")
+        # Watch first, then let the intermediate exit: the spare becomes our child only then.
+        spare = Spare(Child(pid), ours)
+        try:
+            sock.send(b"k")
+        except OSError:
+            pass
+        spare.child._exited.rawlink(lambda _event: self._spare_died(spare))
+        return spare
+
+    def _spare_died(self, spare: Spare) -> None:
+        """A spare that died idle is dropped, and replaced unless it died young."""
+        if spare.taken:
+            return  # it was a worker by then: its slot saw the exit
+        spare.sock.close()
+        if self._spare is spare:
+            self._spare = None
+            if self.alive and gevent.get_hub().loop.now() - spare.born >= UP_LONG_ENOUGH_S:
+                gevent.spawn(self.refill)
+
+    def take_spare(self) -> Spare:
+        """The idle spare, or (none ready) a new one forked now. Raises TemplateError."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+            if spare is None or spare.child.returncode is not None:
+                spare = self._fork_spare()
+            return spare
+
+    def refill(self) -> None:
+        """Fork the next spare in advance, if none is waiting (errors: the next spawn forks)."""
+        with self._lock:
+            if self._spare is not None or not self.alive:
+                return
+            try:
+                spare = self._fork_spare()
+            except TemplateError as exc:
+                log.debug("%s: no spare worker (%s)", self.config.name, exc)
+                return
+            if self.alive:
+                self._spare = spare
+            else:  # closed while it was forked
+                spare.close()
+
     def fork(
         self,
         config: ProgramConfig,
@@ -156,45 +242,104 @@ class Template:
         max_request: int,
         on_output: Callable[[bytes], None],
         on_reports: Callable[[bytes], None],
+        on_errors: Callable[[bytes], None] | None = None,
     ) -> WorkerProcess:
-        """Fork one worker through the template (one at a time). Raises TemplateError."""
-        with self._lock:
-            sock = self._sock
-            if sock is None or not self.alive:
-                raise TemplateError("the template is not running")
+        """Hand slot `index` to a spare worker (forked now if none waits), then fork the next
+        spare in the background. Raises TemplateError; OSError for a missing folder."""
+        settings = runners.settings(config, index)
+        if config.per_worker and not os.path.isdir(settings.directory):
+            raise OSError(errno.ENOENT, f"no such folder {settings.directory}")
+        try:
+            for attempt in (1, 2):
+                spare = self.take_spare()
+                try:
+                    return self._go(spare, config, index, max_request, on_output, on_reports, on_errors)
+                except OSError as exc:  # the spare died before its go: one more, fresh
+                    spare.close()
+                    if attempt == 2:
+                        raise TemplateError(f"the spare worker is gone ({exc.strerror or exc})") from None
+            raise AssertionError("not reached")
+        finally:
+            # Later, not now: the new worker's first request needs the CPU more than the fork.
+            gevent.spawn_later(REFILL_DELAY_S, self.refill)
+
+    def _go(
+        self,
+        spare: Spare,
+        config: ProgramConfig,
+        index: int,
+        max_request: int,
+        on_output: Callable[[bytes], None],
+        on_reports: Callable[[bytes], None],
+        on_errors: Callable[[bytes], None] | None,
+    ) -> WorkerProcess:
+        """Send the spare its slot: its pipes and busy page (SCM_RIGHTS), its environment."""
+        lifetime_s = guard.draw_lifetime(config)
+        spawned_ns = time.monotonic_ns()
+        deadline_ns = spawned_ns + int(lifetime_s * 1e9) if lifetime_s and guard.runner_enforces_lifetime(config) else 0
+        page: guard.BusyPage | None = None
+        opened: list[int] = []
+        try:
+            page = guard.BusyPage() if guard.has_busy_page(config) else None
             status_r, status_w = os.pipe()
+            opened += (status_r, status_w)
             out_r, out_w = os.pipe()
-            for fd in (status_r, out_r):
-                os.set_blocking(fd, False)
-            # The template tells the two received descriptors apart by their pipes' inodes.
-            inodes = {"output_ino": os.fstat(out_w).st_ino, "status_ino": os.fstat(status_w).st_ino}
-            request = json.dumps({"worker": index, "max_request": max_request, **inodes}).encode()
-            try:
-                socket.send_fds(sock, [request], [out_w, status_w])
-                reply = self._replies.get(timeout=FORK_TIMEOUT_S)
-            except (OSError, gevent.queue.Empty) as exc:
-                reply = {"event": "fork_failed", "message": getattr(exc, "strerror", None) or "no answer"}
-            finally:
-                os.close(out_w)
-                os.close(status_w)
-            pid = reply.get("pid") if reply else None
-            if not isinstance(pid, int) or pid <= 0:
-                for fd in (status_r, out_r):
-                    os.close(fd)
-                message = (reply or {}).get("message", "the template is gone")
-                raise TemplateError(f"the template could not fork a worker ({message})")
-            # Watch first, then let the intermediate exit: the worker becomes our child only then.
-            child = Child(pid)
-            try:
-                sock.send(b"k")
-            except OSError:
-                pass
-        return WorkerProcess(child, PipeReader(out_r, on_output), PipeReader(status_r, on_reports, STATUS_LINE_MAX))
+            opened += (out_r, out_w)
+            err_r, err_w = os.pipe() if on_errors is not None else (-1, -1)
+            if on_errors is not None:
+                opened += (err_r, err_w)
+        except OSError:  # EMFILE half-way: close what was made
+            for fd in opened:
+                os.close(fd)
+            if page is not None:
+                page.close()
+            raise TemplateError("cannot make the worker's pipes") from None
+        send = {"output": out_w, "status": status_w}
+        if on_errors is not None:
+            send["errors"] = err_w
+        if page is not None and page.fd is not None:
+            send["busy"] = page.fd
+        env = runners.env_for(config, index, 0, max_request, None, deadline_ns)
+        # Only what differs from the template's own environment (None: unset it); the status
+        # and busy descriptors get their numbers in the worker.
+        changed: dict[str, str | None] = {k: v for k, v in env.items() if self.env.get(k) != v}
+        changed.update({k: None for k in self.env if k not in env})
+        for key in ("GSUPER_STATUS_FD", "GSUPER_BUSY_FD"):
+            changed.pop(key, None)
+        go = {
+            "worker": index,
+            "ino": {name: os.fstat(fd).st_ino for name, fd in send.items()},
+            "env": changed,
+            "directory": runners.settings(config, index).directory,
+        }
+        readers = [status_r, out_r] + ([err_r] if on_errors is not None else [])
+        try:
+            socket.send_fds(spare.sock, [json.dumps(go).encode()], list(send.values()))
+        except OSError:
+            for fd in readers:
+                os.close(fd)
+            if page is not None:
+                page.close()
+            raise
+        finally:
+            for name in ("output", "status", "errors"):
+                if name in send:
+                    os.close(send[name])
+        spare.taken = True
+        spare.sock.close()
+        if page is not None:
+            page.close_fd()  # the worker has its own; the mapping stays
+        for fd in readers:
+            os.set_blocking(fd, False)
+        errors = PipeReader(err_r, on_errors) if on_errors is not None else None
+        output, status = PipeReader(out_r, on_output), PipeReader(status_r, on_reports, STATUS_LINE_MAX)
+        return WorkerProcess(spare.child, output, status, errors, page, lifetime_s, spawned_ns, (config.name, index))
 
     def close(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Stop the template: TERM to its group, SIGKILL after the timeout. Workers it forked
         are the master's children in their own groups: they go on."""
         self.closing = True
+        self._close_spare()
         if self._sock is not None:
             self._sock.close()
         child = self.child
@@ -208,9 +353,21 @@ class Template:
             if child.wait(timeout_s) is not None:
                 return
 
+    def _close_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()
+
+    @property
+    def spare_pid(self) -> int | None:
+        """The idle spare's pid, if one waits (its own process group)."""
+        spare = self._spare
+        return spare.child.pid if spare is not None and spare.child.returncode is None else None
+
     def kill(self) -> None:
-        """SIGKILL the template's group at once (forced exit)."""
+        """SIGKILL the template's group and its spare at once (forced exit)."""
         self.closing = True
+        self._close_spare()
         if self.child is not None and self.child.returncode is None:
             try:
                 os.killpg(self.child.pid, signal.SIGKILL)
@@ -241,13 +398,11 @@ class WarmSpawner:
         on_reports: Callable[[bytes], None],
         on_errors: Callable[[bytes], None] | None = None,
     ) -> Process:
-        """Spawn one worker: forked from the template when warm, else (or on failure) cold.
-
-        A forked worker's stderr goes with its stdout (`stderr_logfile` applies to cold ones)."""
+        """Spawn one worker: forked from the template when warm, else (or on failure) cold."""
         template = self._ensure(config) if config.warm else None
         if template is not None:
             try:
-                return template.fork(config, index, max_request, on_output, on_reports)
+                return template.fork(config, index, max_request, on_output, on_reports, on_errors)
             except TemplateError as exc:
                 log.warning("%s#%d: %s; starting it cold", self.name, index, exc)
                 self._discard(template)
@@ -316,10 +471,11 @@ class WarmSpawner:
             self.template.kill()
 
     def record_entries(self) -> list[Entry]:
-        """The template's process group, for the takeover record."""
+        """The template's process group and its spare's, for the takeover record."""
         template = self.template
-        pid = template.pid if template is not None else None
-        return [Entry(pid, STOP_TIMEOUT_S)] if pid is not None else []
+        if template is None:
+            return []
+        return [Entry(pid, STOP_TIMEOUT_S) for pid in (template.pid, template.spare_pid) if pid is not None]
 
     def describe(self, config: ProgramConfig) -> dict[str, Any]:
         """What status shows of a warm program: `warm` (bool) and, when cold, `warm_error`."""
