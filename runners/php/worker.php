@@ -143,7 +143,7 @@ final class BusyPage
         }
         if (\extension_loaded('ffi')) {
             try {
-                $libc = \FFI::cdef('void *mmap(void *, size_t, int, int, int, long); int close(int);', 'libc.so.6');
+                $libc = self::libc();
                 $map = $libc->mmap(null, 16, 3 /* PROT_READ | PROT_WRITE */, 1 /* MAP_SHARED */, (int) $fd, 0);
                 if (\FFI::cast('intptr_t', $map)->cdata !== -1) { // MAP_FAILED
                     $this->slots = \FFI::cast('int64_t *', $map);
@@ -161,6 +161,14 @@ final class BusyPage
         }
         $this->stream = $stream;
     }
+
+    /** libc's mmap and close, declared once per process (a spare declares it before its go). */
+    public static function libc(): \FFI
+    {
+        return self::$libc ??= \FFI::cdef('void *mmap(void *, size_t, int, int, int, long); int close(int);', 'libc.so.6');
+    }
+
+    private static ?\FFI $libc = null;
 
     public function usable(): bool
     {
@@ -766,6 +774,15 @@ final class Template
         }
         @cli_set_process_title('gsuper: ' . (getenv('GSUPER_PROGRAM') ?: 'php') . '#spare');
         socket_set_block($line);
+        // What the go needs first, done once now, while idle: the first scan of /proc/self/fd
+        // and the FFI declaration cost ~0.3 ms each in a fresh fork (code paths and pages
+        // touched for the first time), then a few µs.
+        self::fdsByInode();
+        try {
+            BusyPage::libc();
+        } catch (\Throwable) {
+            // FFI disabled: BusyPage writes instead.
+        }
         while (true) {
             $message = ['buffer_size' => 65536, 'controllen' => socket_cmsg_space(\SOL_SOCKET, \SCM_RIGHTS, 4)];
             $got = @socket_recvmsg($line, $message, 0);
