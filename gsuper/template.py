@@ -40,9 +40,10 @@ from gsuper.config import ProgramConfig
 from gsuper.logs import LogFile, PipeReader, timestamp
 from gsuper.record import Entry
 from gsuper.spawn import STATUS_LINE_MAX, Child, WorkerProcess, launch_worker, spawn
+from gsuper.worker import REAL_CLOCK
 
 if TYPE_CHECKING:
-    from gsuper.worker import Process, Spawner
+    from gsuper.worker import Clock, Process, Spawner
 
 log = logging.getLogger("gsuper")
 
@@ -91,9 +92,12 @@ class Spare:
 class Template:
     """One running template process of a program, its socket, and its one spare worker."""
 
-    def __init__(self, config: ProgramConfig, output: Callable[[bytes], None]) -> None:
+    def __init__(
+        self, config: ProgramConfig, output: Callable[[bytes], None], on_change: Callable[[], None] = lambda: None
+    ) -> None:
         self.config = config
         self.output = output  # where the template's own stdout and stderr go
+        self.on_change = on_change  # a spare came or went (the takeover record lists it)
         self.child: Child | None = None
         self.started_at = 0.0
         self.closing = False
@@ -203,14 +207,16 @@ class Template:
         return spare
 
     def _spare_died(self, spare: Spare) -> None:
-        """A spare that died idle is dropped, and replaced unless it died young."""
+        """A spare that died idle is dropped and replaced (at most one a second: no fork loop)."""
         if spare.taken:
             return  # it was a worker by then: its slot saw the exit
         spare.sock.close()
         if self._spare is spare:
             self._spare = None
-            if self.alive and gevent.get_hub().loop.now() - spare.born >= UP_LONG_ENOUGH_S:
-                gevent.spawn(self.refill)
+            self.on_change()
+            if self.alive:
+                lived = gevent.get_hub().loop.now() - spare.born
+                gevent.spawn_later(max(0.0, UP_LONG_ENOUGH_S - lived), self.refill)
 
     def take_spare(self) -> Spare:
         """The idle spare, or (none ready) a new one forked now. Raises TemplateError."""
@@ -232,6 +238,7 @@ class Template:
                 return
             if self.alive:
                 self._spare = spare
+                self.on_change()
             else:  # closed while it was forked
                 spare.close()
 
@@ -378,10 +385,21 @@ class Template:
 class WarmSpawner:
     """The spawner of a program's slots: through the template when `warm`, else cold."""
 
-    def __init__(self, name: str, output: Callable[[bytes], None], cold: Spawner = launch_worker) -> None:
+    def __init__(
+        self,
+        name: str,
+        output: Callable[[bytes], None],
+        cold: Spawner = launch_worker,
+        on_change: Callable[[], None] = lambda: None,
+        make_template: Callable[..., Template] = Template,
+        clock: Clock | None = None,
+    ) -> None:
         self.name = name
         self.output = output  # the template's own output
         self.cold = cold  # the spawner of a program that is not warm, or runs cold
+        self.on_change = on_change  # the template's processes changed (the takeover record)
+        self.make_template = make_template  # (config, output, on_change) -> Template; a fake in the fast tier
+        self.clock: Clock = clock or REAL_CLOCK
         self.template: Template | None = None
         self.reason: str | None = None  # why the program runs cold although warm
         self._cold_config: ProgramConfig | None = None  # the config that reason is about
@@ -423,8 +441,8 @@ class WarmSpawner:
             if current is not None:
                 gevent.spawn(current.close)
             if self._failures:
-                gevent.sleep(min(BACKOFF_START_S * 2 ** (self._failures - 1), BACKOFF_MAX_S))
-            fresh = Template(config, self.output)
+                self.clock.wait(gevent.event.Event(), min(BACKOFF_START_S * 2 ** (self._failures - 1), BACKOFF_MAX_S))
+            fresh = self.make_template(config, self.output, self.on_change)
             try:
                 fresh.build()
             except TemplateError as exc:
@@ -432,6 +450,8 @@ class WarmSpawner:
                 log.warning("%s: the template could not be built (%s), so its workers start cold", self.name, exc)
                 return None
             self.template, self.reason, self._cold_config = fresh, None, None
+            fresh.started_at = self.clock.now()  # its lifetime, for the backoff, on our clock
+            self.on_change()
             log.info("%s: template %d ready (bootstrap loaded once; workers are forked from it)", self.name, fresh.pid)
             gevent.spawn(self._watch, fresh)
             return fresh
@@ -442,7 +462,7 @@ class WarmSpawner:
         code = template.child.wait()
         if template.closing or template is not self.template:
             return
-        lived = gevent.get_hub().loop.now() - template.started_at
+        lived = self.clock.now() - template.started_at
         self._failures = 0 if lived >= UP_LONG_ENOUGH_S else self._failures + 1
         log.warning("%s: template %d died (exit %s); rebuilding it", self.name, template.child.pid, code)
         self._discard(template)
