@@ -433,7 +433,8 @@ class WarmSpawner:
         None when the program runs cold (the build failed for this config)."""
         with self._lock:
             current = self.template
-            if current is not None and current.alive and not self._stale and current.config.same_except_numprocs(config):
+            same = current is not None and (current.config is config or current.config.same_except_numprocs(config))
+            if current is not None and current.alive and not self._stale and same:
                 return current
             if self.reason is not None and not self._stale and self._cold_config == config:
                 return None
