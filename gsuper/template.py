@@ -1,16 +1,20 @@
 """Warm workers: the fork-server side of a program's template process (`warm = true`).
 
 The template is `runners/php/worker.php` in template mode: it loads the bootstrap once, serves
-no request, and forks a worker whenever :meth:`Template.fork` asks. The master and the template
-talk over a SOCK_SEQPACKET socketpair (one packet per message):
+no request, and forks a *spare* worker whenever :meth:`Template.refill` (or a spawn that finds
+none) asks. The master and the template talk over a SOCK_SEQPACKET socketpair (one packet per
+message):
 
 - template → master: ``{"event": "ready"}`` once the bootstrap is loaded, or the runner's
   ``{"event": "exit", "reason": "bootstrap", ...}`` when it cannot be;
-- master → template: ``{"worker": I, "max_request": N}`` with the write ends of the worker's
-  output and status pipes attached (SCM_RIGHTS);
+- master → template: ``{"spare": true}`` with one end of a fresh socketpair attached
+  (SCM_RIGHTS): the spare's own line to the master;
 - an intermediate child of the template → master: ``{"event": "forked", "pid": P}``; the master
   starts its child watcher on P and acknowledges with one byte; the intermediate then exits, so
-  the worker is orphaned to the master (a subreaper), which reaps it like a spawned worker.
+  the spare is orphaned to the master (a subreaper), which reaps it like a spawned worker;
+- master → spare, at a spawn (the *go*): ``{"worker", "ino", "env", "directory"}`` with the
+  worker's output, status and stderr pipes and its busy page attached; the spare becomes the
+  slot's worker, and the next spare is forked in the background.
 
 :class:`WarmSpawner` is the spawner of every program's slots: a warm program's workers are
 forked through its template, built (again) when missing, stale or dead; when the template
