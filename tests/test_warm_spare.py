@@ -176,3 +176,19 @@ def test_forked_workers_get_request_timeout_stderr_logfile_and_their_own_expansi
     text = "".join(p.read_text() for p in out)
     assert "to-stdout" in text and "to-stderr" not in text
     gs.run("-s", "stop", check=True)
+
+
+@pytest.mark.parametrize("how", ["master kill -9", "-s exit"])
+def test_the_spare_ends_with_a_killed_master_and_with_exit(gs, how):
+    warm_config(gs, numprocs=1)
+    gs.start()
+    rows = gs.wait_workers("warm", count=1)
+    master = gs.master_pid()
+    assert master is not None
+    spare = one_spare(master)
+    everything = [master, rows[0]["pid"], rows[0]["template_pid"], spare.pid]
+    if how == "-s exit":
+        gs.run("-s", "exit", check=True)
+    else:
+        os.kill(master, signal.SIGKILL)  # the spare's parent-death signal (and its socket's EOF)
+    wait_for(lambda: all(gone(p) for p in everything), 10, "the master, worker, template and spare gone")
