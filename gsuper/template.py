@@ -7,11 +7,11 @@ message):
 
 - template → master: ``{"event": "ready"}`` once the bootstrap is loaded, or the runner's
   ``{"event": "exit", "reason": "bootstrap", ...}`` when it cannot be;
-- master → template: ``{"spare": true}`` with one end of a fresh socketpair attached
+- master → template: ``{"spare": true, "id": N}`` with one end of a fresh socketpair attached
   (SCM_RIGHTS): the spare's own line to the master;
-- an intermediate child of the template → master: ``{"event": "forked", "pid": P}``; the master
-  starts its child watcher on P and acknowledges with one byte; the intermediate then exits, so
-  the spare is orphaned to the master (a subreaper), which reaps it like a spawned worker;
+- an intermediate child of the template → master: ``{"event": "forked", "id": N, "pid": P}``;
+  the master starts its child watcher on P and acknowledges with one byte; the intermediate then
+  exits, so the spare is orphaned to the master (a subreaper), which reaps it like a spawned worker;
 - master → spare, at a spawn (the *go*): ``{"worker", "ino", "env", "directory"}`` with the
   worker's output, status and stderr pipes and its busy page attached; the spare becomes the
   slot's worker, and the next spare is forked in the background.
@@ -112,6 +112,7 @@ class Template:
         self._lock = gevent.lock.Semaphore()
         self._output: PipeReader | None = None
         self._spare: Spare | None = None  # the next worker, forked in advance
+        self._seq = 0  # spare requests sent (a reply names the one it answers)
         self.env: dict[str, str] = {}  # the template's environment (a go sends what differs)
 
     @property
@@ -188,10 +189,11 @@ class Template:
         sock = self._sock
         if sock is None or not self.alive:
             raise TemplateError("the template is not running")
+        self._seq += 1
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            socket.send_fds(sock, [b'{"spare": true}\n'], [theirs.fileno()])
-            reply = self._replies.get(timeout=FORK_TIMEOUT_S)
+            socket.send_fds(sock, [json.dumps({"spare": True, "id": self._seq}).encode()], [theirs.fileno()])
+            reply = self._reply(self._seq)
         except (OSError, gevent.queue.Empty) as exc:
             reply = {"event": "fork_failed", "message": getattr(exc, "strerror", None) or "no answer"}
         finally:
@@ -209,6 +211,21 @@ class Template:
             pass
         spare.child._exited.rawlink(lambda _event: self._spare_died(spare))
         return spare
+
+    def _reply(self, seq: int) -> dict[str, Any] | None:
+        """The template's reply to request `seq`; a late reply to an earlier one (that timed out)
+        is acknowledged, so its intermediate exits and the template goes on (that spare's socket
+        is closed: it exits too). Raises gevent.queue.Empty after FORK_TIMEOUT_S."""
+        deadline = gevent.get_hub().loop.now() + FORK_TIMEOUT_S
+        while True:
+            reply: dict[str, Any] | None = self._replies.get(timeout=max(0.0, deadline - gevent.get_hub().loop.now()))
+            if reply is None or reply.get("id") in (seq, None):
+                return reply
+            if reply.get("event") == "forked" and self._sock is not None:
+                try:
+                    self._sock.send(b"k")
+                except OSError:
+                    pass
 
     def _spare_died(self, spare: Spare) -> None:
         """A spare that died idle is dropped and replaced (at most one a second: no fork loop)."""

@@ -598,9 +598,9 @@ final class Worker
  * and forks spare workers whenever the master asks (docs/architecture.md, "Warm workers").
  *
  * The master talks to it over a SOCK_SEQPACKET socket (GSUPER_TEMPLATE_FD), one packet per
- * message. A request is {"spare": true} carrying one end of a fresh socketpair (SCM_RIGHTS):
+ * message. A request is {"spare": true, "id": N} carrying one end of a fresh socketpair (SCM_RIGHTS):
  * the spare's own line to the master. The template forks an intermediate child, which forks
- * the spare, reports {"event": "forked", "pid": P}, waits for the master's one-byte
+ * the spare, reports {"event": "forked", "id": N, "pid": P}, waits for the master's one-byte
  * acknowledgement (the master now watches P) and exits: the spare is orphaned to the master, a
  * subreaper, which reaps it and gets its true exit status. The spare waits, idle, for its "go"
  * (Template::spare); only then does it become a worker (Template::worker). libc's dup, dup2,
@@ -681,11 +681,11 @@ final class Template
             }
             $pid = pcntl_fork();
             if ($pid === 0) {
-                return $server->intermediate($line);
+                return $server->intermediate($line, $request['id'] ?? null);
             }
             unset($line); // closes our copy of the spare's socket
             if ($pid < 0) {
-                $server->send(['event' => 'fork_failed', 'message' => 'fork: ' . pcntl_strerror(pcntl_get_last_error())]);
+                $server->send(['event' => 'fork_failed', 'id' => $request['id'] ?? null, 'message' => 'fork: ' . pcntl_strerror(pcntl_get_last_error())]);
                 continue;
             }
             while (pcntl_waitpid($pid, $status) === -1 && pcntl_get_last_error() === \PCNTL_EINTR) {
@@ -724,7 +724,7 @@ final class Template
      * In the intermediate child: fork the spare, report its pid, wait for the master's
      * acknowledgement, then vanish (_exit: no shutdown function, no destructor runs here).
      */
-    private function intermediate(\Socket $line): Worker
+    private function intermediate(\Socket $line, mixed $id): Worker
     {
         $this->template->retire();
         $pid = pcntl_fork();
@@ -732,10 +732,10 @@ final class Template
             return $this->spare($line);
         }
         if ($pid < 0) {
-            $this->send(['event' => 'fork_failed', 'message' => 'fork of the worker failed']);
+            $this->send(['event' => 'fork_failed', 'id' => $id, 'message' => 'fork of the worker failed']);
             $this->libc->_exit(1);
         }
-        $this->send(['event' => 'forked', 'pid' => $pid]);
+        $this->send(['event' => 'forked', 'id' => $id, 'pid' => $pid]);
         @socket_recv($this->socket, $ack, 16, 0);
         $this->libc->_exit(0);
         exit(0); // not reached
