@@ -273,7 +273,8 @@ class Template:
         on_errors: Callable[[bytes], None] | None = None,
     ) -> WorkerProcess:
         """Hand slot `index` to a spare worker (forked now if none waits), then fork the next
-        spare in the background. Raises TemplateError; OSError for a missing folder."""
+        spare in the background. Raises TemplateError; OSError for a missing folder or when the
+        master is out of descriptors (the slot handles both as for a cold spawn)."""
         settings = runners.settings(config, index)
         if config.per_worker and not os.path.isdir(settings.directory):
             raise OSError(errno.ENOENT, f"no such folder {settings.directory}")
@@ -282,8 +283,11 @@ class Template:
                 spare = self.take_spare()
                 try:
                     return self._go(spare, config, index, max_request, on_output, on_reports, on_errors)
-                except OSError as exc:  # the spare died before its go: one more, fresh
+                except OSError as exc:
                     spare.close()
+                    if exc.errno in (errno.EMFILE, errno.ENFILE):
+                        raise  # the master is out of descriptors: the slot retries, as for a cold spawn
+                    # Else the spare died just before its go: one more, fresh.
                     if attempt == 2:
                         raise TemplateError(f"the spare worker is gone ({exc.strerror or exc})") from None
             raise AssertionError("not reached")
@@ -316,12 +320,12 @@ class Template:
             err_r, err_w = os.pipe() if on_errors is not None else (-1, -1)
             if on_errors is not None:
                 opened += (err_r, err_w)
-        except OSError:  # EMFILE half-way: close what was made
+        except OSError:  # EMFILE half-way: nothing made so far may leak
             for fd in opened:
                 os.close(fd)
             if page is not None:
                 page.close()
-            raise TemplateError("cannot make the worker's pipes") from None
+            raise
         send = {"output": out_w, "status": status_w}
         if on_errors is not None:
             send["errors"] = err_w

@@ -8,7 +8,9 @@ worker cold, close and the takeover record.
 
 from __future__ import annotations
 
+import errno
 import itertools
+import os
 from typing import Any
 
 import gevent
@@ -41,6 +43,7 @@ class FakeTemplate:
 
     fail_build: str | None = None  # the next builds fail with this reason
     fail_fork: bool = False
+    fork_oserror: int | None = None  # the next forks raise OSError(this errno)
 
     def __init__(self, config: Any, output: Any, on_change: Any) -> None:
         self.config = config
@@ -64,6 +67,8 @@ class FakeTemplate:
             raise TemplateError(FakeTemplate.fail_build)
 
     def fork(self, config: Any, index: int, max_request: int, on_output: Any, on_reports: Any, on_errors: Any = None) -> Any:
+        if FakeTemplate.fork_oserror is not None:
+            raise OSError(FakeTemplate.fork_oserror, os.strerror(FakeTemplate.fork_oserror))
         if FakeTemplate.fail_fork:
             raise TemplateError("the template could not fork a worker (fork: out of memory)")
         self.forks.append(index)
@@ -89,7 +94,7 @@ class Made:
 
 
 def make(**kw: Any) -> tuple[WarmSpawner, Made, FakeClock, list[int]]:
-    FakeTemplate.fail_build, FakeTemplate.fail_fork = None, False
+    FakeTemplate.fail_build, FakeTemplate.fail_fork, FakeTemplate.fork_oserror = None, False, None
     made, clock, cold = Made(), FakeClock(), []
 
     def cold_spawner(config: Any, index: int, max_request: int, on_output: Any, on_reports: Any, **_: Any) -> Any:
@@ -178,6 +183,18 @@ def test_a_failed_fork_starts_that_worker_cold_and_the_next_spawn_rebuilds():
     FakeTemplate.fail_fork = False
     assert spawn(spawner, 2) == ("forked", made.all[1], 2)
     assert cold == [1]
+
+
+def test_out_of_descriptors_is_the_slots_to_retry_and_keeps_the_template():
+    spawner, made, _clock, cold = make()
+    spawn(spawner, 0)
+    FakeTemplate.fork_oserror = errno.EMFILE
+    with pytest.raises(OSError) as caught:
+        spawn(spawner, 1)
+    assert caught.value.errno == errno.EMFILE and cold == []
+    FakeTemplate.fork_oserror = None
+    gevent.sleep(0)
+    assert spawn(spawner, 1) == ("forked", made.all[0], 1) and not made.all[0].closed
 
 
 def test_close_and_the_takeover_record():
