@@ -826,9 +826,16 @@ final class Template
             // received stream is left holding a closed (later reused) descriptor.
             putenv('GSUPER_BUSY_FD=' . $this->libc->dup($fds['busy']));
         }
-        // The received streams stay open for the worker's life: one of them is its status pipe
-        // (the extra write ends close with the worker, as 1 and 2 do).
-        self::$keep = $received;
+        // Of the received streams only the status pipe's stays open (for the worker's life): the
+        // output and stderr pipes are on 1 and 2 now, the busy page has its own number; closed,
+        // they are not inherited by what the business code starts.
+        $statusIno = (int) ($go['ino']['status'] ?? -1);
+        foreach ($received as $stream) {
+            if (\is_resource($stream) && (fstat($stream)['ino'] ?? null) === $statusIno) {
+                self::$keep[] = $stream;
+            }
+        }
+        unset($received, $stream);
         // Random sequences must differ per worker: the template's seeds were copied by fork.
         mt_srand();
         srand();
