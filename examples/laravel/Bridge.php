@@ -47,7 +47,7 @@ final class Bridge
     }
 
     /**
-     * Classes the first job loads (autoload and compile: 15-40 ms here), loaded once at boot:
+     * Classes the first job loads (autoload and compile: 27-59 ms here), loaded once at boot:
      * warm, in the template, so that a forked worker's first job does not pay for them (an
      * app can do the same for its own job classes in its bootstrap). No connection is opened.
      */
