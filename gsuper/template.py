@@ -43,7 +43,7 @@ from gsuper import guard, runners
 from gsuper.config import ProgramConfig
 from gsuper.logs import LogFile, PipeReader, timestamp
 from gsuper.record import Entry
-from gsuper.spawn import STATUS_LINE_MAX, Child, WorkerProcess, launch_worker, spawn
+from gsuper.spawn import STATUS_LINE_MAX, Child, WorkerProcess, end_strays, launch_worker, spawn
 from gsuper.worker import REAL_CLOCK
 
 if TYPE_CHECKING:
@@ -278,6 +278,7 @@ class Template:
         settings = runners.settings(config, index)
         if config.per_worker and not os.path.isdir(settings.directory):
             raise OSError(errno.ENOENT, f"no such folder {settings.directory}")
+        end_strays(config.name, index)  # as launch_worker: what an earlier life left may arrive late
         try:
             for attempt in (1, 2):
                 spare = self.take_spare()
