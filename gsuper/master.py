@@ -188,12 +188,13 @@ class Master:
         if self.stdout is not None:  # logdir = -: every program's output to stdout, no file
             sink = ProgramStdout(pcfg.name, self.stdout, self.config.log_format)
             template_output = sink.line_writer(-1, [0], "template")
-            spawner = WarmSpawner(pcfg.name, template_output, cold=sink.spawner)
+            spawner = WarmSpawner(pcfg.name, template_output, cold=sink.spawner, on_change=self._record_changed)
             program = Program(pcfg, sink, self.events, spawner=spawner)
         else:
             settings = runners.settings(pcfg, 0)
             logfile = self.logfiles.get(settings.logfile, pcfg.log_max_bytes, pcfg.log_backups)
-            program = Program(pcfg, self.logfiles, self.events, spawner=WarmSpawner(pcfg.name, template_log(logfile)))
+            spawner = WarmSpawner(pcfg.name, template_log(logfile), on_change=self._record_changed)
+            program = Program(pcfg, self.logfiles, self.events, spawner=spawner)
         if not pcfg.autostart:  # shown as STOPPED until `start -p NAME`
             program.add_slots()
         return program
@@ -310,7 +311,12 @@ class Master:
         if event.kind == "state" and event.state == ProcessState.FATAL.value:
             self._on_fatal(event)
         # A process came or went: rewrite the record soon (one write for a burst of changes).
-        if event.kind in ("started", "exit") and not self._record_pending:
+        if event.kind in ("started", "exit"):
+            self._record_changed()
+
+    def _record_changed(self) -> None:
+        """Rewrite the takeover record soon (also when a warm program's spare comes or goes)."""
+        if not self._record_pending:
             self._record_pending = True
             gevent.spawn_later(RECORD_DELAY_S, self._write_record)
 
