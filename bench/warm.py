@@ -12,14 +12,18 @@
 2. Memory: 20 workers of the same program; the sum of their PSS (/proc/PID/smaps_rollup, the
    `pss_bytes` of status), plus the template's, warm against cold.
 
+With --compare REV (e.g. main) the warm respawns are also measured with gsuper at that git
+revision (a detached worktree), in alternating blocks with this checkout's, in the same run.
+
 Target (issue 15): warm p99 under 5 ms.
 
-Usage: python3 bench/warm.py [--rounds N] [--laravel]
+Usage: python3 bench/warm.py [--rounds N] [--laravel] [--compare REV]
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -64,8 +68,11 @@ final class Job
 REDIS: list[subprocess.Popen[bytes]] = []
 
 
+BINS: dict[Path, str] = {}  # a root run by another revision's bin/gsuper (--compare)
+
+
 def gsuper(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, BIN, *args, "-c", str(root / "gsuper.ini")]
+    argv = [sys.executable, BINS.get(root, BIN), *args, "-c", str(root / "gsuper.ini")]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     if check and proc.returncode != 0:
         raise RuntimeError(f"gsuper {' '.join(args)}: {proc.stderr}{proc.stdout}")
@@ -156,6 +163,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--laravel", action="store_true", help="also the Laravel bridge on a real redis-server")
+    parser.add_argument("--compare", metavar="REV", help="also warm respawns with gsuper at this git revision")
     args = parser.parse_args()
     if PHP is None:
         print("php is not installed: nothing to measure")
@@ -168,24 +176,38 @@ def main() -> int:
         if args.laravel:
             scenarios.append(("laravel bridge", "laravel"))
         rows = []
+        other = checkout(args.compare, base / "compare") if args.compare else None
         for title, kind in scenarios:
             times: dict[str, list[float]] = {}
-            for warm in (False, True):
-                root = base / f"{kind}-{'warm' if warm else 'cold'}"
+            runs = [("cold", False, None), ("warm", True, None)]
+            if other is not None:  # alternating halves, so that a change of load hits both alike
+                half = [("warm", True, None), ("rev", True, other)]
+                runs = [("cold", False, None), *half, *half]
+            for n, (key, warm, tree) in enumerate(runs):
+                root = base / f"{kind}-{key}-{n}"
                 root.mkdir()
-                program = prepare(root, kind)
+                if tree is not None:
+                    BINS[root] = str(tree / "bin" / "gsuper")
+                program = prepare(root, kind, tree or ROOT)
                 setup(root, warm, 4, program)
-                times["warm" if warm else "cold"] = respawns(root, args.rounds)
+                count = args.rounds if other is None or key == "cold" else (args.rounds + 1) // 2
+                times.setdefault(key, []).extend(respawns(root, count))
             data[kind] = times
             cold, warm_ = times["cold"], times["warm"]
             for p in (50, 99):
                 c, w = pct(cold, p), pct(warm_, p)
-                rows.append([title, f"p{p}", fmt(c, "ms"), fmt(w, "ms"), ratio(c, w)])
+                row = [title, f"p{p}", fmt(c, "ms"), fmt(w, "ms"), ratio(c, w)]
+                if other is not None:
+                    row[4:4] = [fmt(pct(times["rev"], p), "ms")]
+                rows.append(row)
             met = (pct(warm_, 99) or 1.0) < 0.005
             rows[-1].append("yes" if met else "no")
             rows[-2].append("")
         print(f"kill -9 to the replacement's first request ({args.rounds} kills each, 4 workers)")
-        print_table(["program", "", "cold", "warm", "cold/warm", "warm p99 < 5 ms"], rows)
+        headers = ["program", "", "cold", "warm", "cold/warm", "warm p99 < 5 ms"]
+        if other is not None:
+            headers[4:4] = [f"warm @{args.compare}"]
+        print_table(headers, rows)
         mem = {}
         for warm in (False, True):
             root = base / f"pss-{'warm' if warm else 'cold'}"
@@ -214,19 +236,29 @@ def main() -> int:
             server.terminate()
             server.wait(10)
         sweeper.sweep(grace=2.0)
+        if (base / "compare").exists():
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base / "compare")], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
     return 0
 
 
-def prepare(root: Path, kind: str) -> str:
-    """Write the program's files into root; return its [program:] keys."""
+def checkout(rev: str, into: Path) -> Path:
+    """A detached worktree of this repository at `rev` (as bench/supervise.py makes one)."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(into), rev], check=True, capture_output=True)
+    compileall.compile_dir(str(into / "gsuper"), quiet=1)
+    return into
+
+
+def prepare(root: Path, kind: str, tree: Path = ROOT) -> str:
+    """Write the program's files into root; return its [program:] keys (`tree`: whose
+    examples/laravel/ to run)."""
     if kind == "boot":
         (root / "boot.php").write_text(BOOT)
         return "runner = php\nhandler = Job::run\nbootstrap = boot.php"
-    return laravel_program(root)
+    return laravel_program(root, tree)
 
 
-def laravel_program(root: Path) -> str:
+def laravel_program(root: Path, tree: Path = ROOT) -> str:
     """The Laravel bridge of examples/laravel/, on a redis-server started for this run."""
     import socket
 
@@ -243,7 +275,7 @@ def laravel_program(root: Path) -> str:
 
     client = redis.Redis(port=port)
     wait(lambda: _ping(client), 10, "redis-server")
-    example = ROOT / "examples" / "laravel"
+    example = tree / "examples" / "laravel"
     (root / "marks").mkdir(exist_ok=True)
     # Jobs keep the queue busy: each one stamps its worker's first job (examples/laravel/app/Jobs/Stamp.php).
     env = f"REDIS_PORT={port}, STAMP_DIR={root / 'marks'}, QUEUE_CONNECTION=redis"

@@ -281,31 +281,6 @@ class BacklogCheck:
             scaler.close()
 
 
-def program_row(program: Program, scaler: Autoscaler | None) -> dict[str, Any]:
-    """One entry of status's `programs` list: counts, limits and the last backlog reading."""
-    cfg = program.config
-    row: dict[str, Any] = {
-        "name": program.name,
-        "workers": len(program.serving),
-        "draining": len(program.draining),
-        "desired": cfg.numprocs,
-        "numprocs": cfg.numprocs,
-        "numprocs_max": max(cfg.numprocs_max, cfg.numprocs),
-        "floor": None,
-        "backlog": None,
-        "backlog_error": None,
-        "readings": 0,
-        "scale_source": None,
-    }
-    if scaler is not None:
-        row.update(scaler.row())
-        if not cfg.autoscaled:  # the backlog is read and shown; the count is numprocs (or `scale`'s)
-            row["desired"] = len(program.serving)
-    if not program.active:  # stopped (stop -p, autostart off): no worker is wanted
-        row["desired"] = 0
-    return row
-
-
 def _shown_source(source: str | None) -> str | None:
     """The source as status shows it: a Redis password is never shown."""
     if source is None or not source.startswith("redis://") or "@" not in source:

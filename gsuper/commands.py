@@ -166,7 +166,8 @@ class Commands:
         if not isinstance(numprocs, int) or not 0 <= numprocs <= MAX_WORKERS:
             return {"ok": False, "error": f"the worker count must be a whole number from 0 to {MAX_WORKERS}"}
         program = self.master.programs[name]
-        scaler = self.master.backlog.get(program) if program.config.autoscaled else None
+        backlog = self.master.backlog
+        scaler = backlog.get(program) if backlog is not None and program.config.autoscaled else None
         if scaler is not None:  # N becomes a temporary minimum (docs/operations.md, Autoscaling)
             return scaler.set_floor(numprocs)
         before = len(program.workers)

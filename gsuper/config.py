@@ -928,10 +928,6 @@ def _build_program(path: str, name: str, sec: Any, absolute: Any, defaults: dict
         raise ConfigError(f"{where} {'warm' if sec['warm'] else 'after_fork'}: only for runner = php")
     if after_fork and not os.path.isfile(after_fork):
         raise ConfigError(f"{where} after_fork: file not found: {after_fork}")
-    if sec["warm"] and (sec["request_timeout"] or sec["stderr_logfile"]):
-        # A forked worker has no busy page of its own yet, and shares one output pipe.
-        key = "request_timeout" if sec["request_timeout"] else "stderr_logfile"
-        raise ConfigError(f"{where} {key}: not supported with warm = true yet; use a cold program for it")
     if sec["max_request"] and mode != "loop":
         raise ConfigError(f"{where} max_request: only for mode = loop (a daemon-mode program serves no requests)")
     if sec["request_timeout"] and mode != "loop" and runner in ("php", "python"):

@@ -22,20 +22,17 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import gevent.event
 import gevent.queue
-import psutil
 
 from gsuper import __version__, config, osutil, preflight, record, registry, runners
-from gsuper.autoscale import BacklogCheck, program_row
 from gsuper.commands import Commands, Refused
 from gsuper.control import ControlServer
 from gsuper.daemon import PidFile, describe
 from gsuper.events import Event, EventStream
 from gsuper.guard import LifetimeCheck, RequestTimeoutCheck
-from gsuper.hooks import HookRunner
 from gsuper.logs import LogFile, LogFiles
 from gsuper.monitor import MemoryCheck, Monitor, sample_rss
 from gsuper.notify import SystemdNotifier, status_of
-from gsuper.program import Program, RollingError
+from gsuper.program import Program, RollingError, program_row
 from gsuper.reload import Kind, plan_reload
 from gsuper.spawn import SETPRIV
 from gsuper.states import ProcessState
@@ -43,6 +40,8 @@ from gsuper.stdlog import ProgramStdout, StdoutWriter, configure_master_logging
 from gsuper.template import WarmSpawner, template_log
 
 if TYPE_CHECKING:
+    from gsuper.autoscale import BacklogCheck
+    from gsuper.hooks import HookRunner
     from gsuper.web.server import WebServer
 
 log = logging.getLogger("gsuper")
@@ -87,8 +86,8 @@ class Master:
         self.master_log = LogFile(os.path.join(cfg.logdir, "gsuper.log"), cfg.log_max_bytes, cfg.log_backups, _stderr)
         self.monitor = Monitor(self.programs.values, lambda: self.config.memory_check_interval_s)
         self.monitor.add(MemoryCheck(lambda: self.config.memory_check_interval_s))
-        self.backlog = BacklogCheck(lambda: self._busy or self.stopping)
-        self.monitor.add(self.backlog)
+        # Made (and gsuper.autoscale imported) once a program has a scale_source: _features().
+        self.backlog: BacklogCheck | None = None
         self.monitor.add(RequestTimeoutCheck())
         self.monitor.add(LifetimeCheck())
         self.stopping = False
@@ -98,7 +97,7 @@ class Master:
         self._busy = False  # a reload or rolling restart is being applied
         self._sampled_at = float("-inf")  # when status last sampled every live worker's RSS
         self._sampling: gevent.Greenlet | None = None  # status's sample being refreshed
-        self._created = psutil.Process().create_time()
+        self._created = osutil.start_time()
         self.events.subscribe(self._on_event)
         self.web: WebServer | None = None
         self.hooks: HookRunner | None = None
@@ -138,7 +137,7 @@ class Master:
             if stale:
                 record.end_leftovers(self.config.workersfile, gevent.sleep, _announce_leftovers)
             self.control.start()
-            self.hooks = HookRunner(self.config.hooks, self.events)
+            self._features(self.config)
             self._serve_http()
             for sig in HANDLED_SIGNALS + STRAY_SIGNALS:
                 gevent.signal_handler(sig, self._signals.put_nowait, sig)
@@ -194,15 +193,31 @@ class Master:
         if self.stdout is not None:  # logdir = -: every program's output to stdout, no file
             sink = ProgramStdout(pcfg.name, self.stdout, self.config.log_format)
             template_output = sink.line_writer(-1, [0], "template")
-            spawner = WarmSpawner(pcfg.name, template_output, cold=sink.spawner)
+            spawner = WarmSpawner(pcfg.name, template_output, cold=sink.spawner, on_change=self._record_changed)
             program = Program(pcfg, sink, self.events, spawner=spawner)
         else:
             settings = runners.settings(pcfg, 0)
             logfile = self.logfiles.get(settings.logfile, pcfg.log_max_bytes, pcfg.log_backups)
-            program = Program(pcfg, self.logfiles, self.events, spawner=WarmSpawner(pcfg.name, template_log(logfile)))
+            spawner = WarmSpawner(pcfg.name, template_log(logfile), on_change=self._record_changed)
+            program = Program(pcfg, self.logfiles, self.events, spawner=spawner)
         if not pcfg.autostart:  # shown as STOPPED until `start -p NAME`
             program.add_slots()
         return program
+
+    def _features(self, cfg: config.GsuperConfig) -> None:
+        """Load what this configuration uses of the optional parts: the autoscaler check (a
+        program with a scale_source) and the hook runner ([hook:NAME]). A configuration that
+        uses neither never imports gsuper.autoscale, gsuper.backlog, gsuper.scaling nor
+        gsuper.hooks (their modules and an event subscriber cost every master otherwise)."""
+        if self.backlog is None and any(p.scale_source for p in cfg.programs.values()):
+            from gsuper.autoscale import BacklogCheck
+
+            self.backlog = BacklogCheck(lambda: self._busy or self.stopping)
+            self.monitor.add(self.backlog)
+        if self.hooks is None and cfg.hooks:
+            from gsuper.hooks import HookRunner
+
+            self.hooks = HookRunner(cfg.hooks, self.events)
 
     def _serve_http(self) -> None:
         """Serve [gsuper] http, if set; a port that cannot be bound fails the start."""
@@ -244,7 +259,8 @@ class Master:
         self.stopping = True
         if self.notifier is not None:
             self.notifier.stopping()
-        self.backlog.close()
+        if self.backlog is not None:
+            self.backlog.close()
         for program in self.programs.values():
             program.halt()
         log.info("stopping every program")
@@ -300,7 +316,12 @@ class Master:
         if event.kind == "state" and event.state == ProcessState.FATAL.value:
             self._on_fatal(event)
         # A process came or went: rewrite the record soon (one write for a burst of changes).
-        if event.kind in ("started", "exit") and not self._record_pending:
+        if event.kind in ("started", "exit"):
+            self._record_changed()
+
+    def _record_changed(self) -> None:
+        """Rewrite the takeover record soon (also when a warm program's spare comes or goes)."""
+        if not self._record_pending:
             self._record_pending = True
             gevent.spawn_later(RECORD_DELAY_S, self._write_record)
 
@@ -350,7 +371,7 @@ class Master:
                 "stopping": self.stopping,
             },
             "workers": rows,
-            "programs": [program_row(p, self.backlog.get(p)) for p in chosen],
+            "programs": [program_row(p, self.backlog.get(p) if self.backlog else None) for p in chosen],
         }
 
     def _sample_for_status(self) -> None:
@@ -402,7 +423,8 @@ class Master:
             self.notifier.reloading()
         try:
             changes, errors = self._apply(new)
-            self.backlog.after_reload(self.programs)
+            if self.backlog is not None:
+                self.backlog.after_reload(self.programs)
         finally:
             self._busy = False
             if self.notifier is not None:
@@ -461,6 +483,7 @@ class Master:
             changes.append(f"added {name}: {started}")
         if self.hooks is not None:
             self.hooks.reconfigure(new.hooks)
+        self._features(new)
         if (new.http, new.http_token) != self._served_http:
             changes.append("http and http_token changes take effect at the next start")
         for line in changes:

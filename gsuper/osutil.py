@@ -67,3 +67,20 @@ def set_title(title: str) -> None:
         setproctitle.setproctitle(title)
     except ImportError:
         pass
+
+
+def start_time() -> float:
+    """When this process started, in seconds since the epoch, as psutil's `create_time()`
+    computes it (boot time from /proc/stat plus the start tick of /proc/self/stat), without
+    importing psutil (1.6 MiB of the master's RSS)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        ticks = int(stat[stat.rfind(b")") + 2 :].split()[19])
+        with open("/proc/stat", "rb") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
+        return ticks / os.sysconf("SC_CLK_TCK") + btime
+    except (OSError, ValueError, IndexError, StopIteration):
+        import psutil
+
+        return float(psutil.Process().create_time())

@@ -22,6 +22,9 @@ SOCKET_PATH_MAX = 107
 BASE_FDS = 48
 #: Each live worker holds two pipe read ends in the master (its output and its status reports).
 FDS_PER_WORKER = 2
+#: A worker of a program with memory_limit: its root's /proc statm and children files, held for
+#: the memory sampler (gsuper/memsample.py); each descendant it forks holds two more while it lives.
+FDS_PER_SAMPLED_WORKER = 2
 #: Resident size of a runner's interpreter doing nothing; a memory_limit below it cannot hold.
 RESTING_RSS = {"php": 10 << 20, "python": 9 << 20}
 
@@ -29,7 +32,8 @@ RESTING_RSS = {"php": 10 << 20, "python": 9 << 20}
 def descriptors_needed(cfg: GsuperConfig) -> int:
     """How many open files the master needs at most for this configuration."""
     workers = sum(p.numprocs for p in cfg.programs.values())
-    return BASE_FDS + FDS_PER_WORKER * workers + len(cfg.programs) + MAX_CONNECTIONS
+    sampled = sum(p.numprocs for p in cfg.programs.values() if p.memory_limit_bytes)
+    return BASE_FDS + FDS_PER_WORKER * workers + FDS_PER_SAMPLED_WORKER * sampled + len(cfg.programs) + MAX_CONNECTIONS
 
 
 def errors(cfg: GsuperConfig) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 
@@ -17,6 +17,9 @@ from gsuper.record import Entry
 from gsuper.spawn import launch_worker
 from gsuper.states import STOPPABLE_STATES, ProcessState
 from gsuper.worker import REAL_CLOCK, Clock, Spawner, Worker
+
+if TYPE_CHECKING:
+    from gsuper.autoscale import Autoscaler
 
 log = logging.getLogger("gsuper")
 
@@ -255,3 +258,29 @@ def wait_up(worker: Worker, timeout_s: float | None = None) -> bool:
     limit = timeout_s if timeout_s is not None else Rules.of(worker.config).started_after_s + UP_TIMEOUT_S
     gevent.wait([worker.up, worker.at_rest], timeout=limit, count=1)
     return worker.up.is_set() and worker.state in (ProcessState.STARTING, ProcessState.RUNNING)
+
+
+def program_row(program: Program, scaler: Autoscaler | None) -> dict[str, Any]:
+    """One entry of status's `programs` list: counts, limits and the last backlog reading (from
+    the program's autoscaler, gsuper.autoscale, when it reads a backlog)."""
+    cfg = program.config
+    row: dict[str, Any] = {
+        "name": program.name,
+        "workers": len(program.serving),
+        "draining": len(program.draining),
+        "desired": cfg.numprocs,
+        "numprocs": cfg.numprocs,
+        "numprocs_max": max(cfg.numprocs_max, cfg.numprocs),
+        "floor": None,
+        "backlog": None,
+        "backlog_error": None,
+        "readings": 0,
+        "scale_source": None,
+    }
+    if scaler is not None:
+        row.update(scaler.row())
+        if not cfg.autoscaled:  # the backlog is read and shown; the count is numprocs (or `scale`'s)
+            row["desired"] = len(program.serving)
+    if not program.active:  # stopped (stop -p, autostart off): no worker is wanted
+        row["desired"] = 0
+    return row

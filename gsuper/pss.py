@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from gsuper.memsample import proc_table, tree_members
+
 
 def process_pss(pid: int) -> int | None:
     """PSS of one process in bytes, or None when it is gone or unreadable."""
@@ -27,8 +29,6 @@ def process_pss(pid: int) -> int | None:
 
 def tree_pss(pid: int) -> int | None:
     """PSS of a process plus all its descendants, in bytes (None when the root is gone)."""
-    from gsuper.monitor import proc_table, tree_members
-
     _rss, children = proc_table()
     return members_pss(tree_members(pid, children))
 

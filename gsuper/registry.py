@@ -19,6 +19,16 @@ from __future__ import annotations
 import json
 import os
 
+# hashlib loads OpenSSL's libcrypto, 3.5 MiB of the master's RSS for one digest of a path: the
+# interpreter's own SHA-256 gives the same digest.
+try:
+    from _sha256 import sha256  # Python <= 3.11
+except ImportError:
+    try:
+        from _sha2 import sha256  # type: ignore[import-not-found, no-redef]  # Python >= 3.12
+    except ImportError:
+        from hashlib import sha256  # type: ignore[assignment]
+
 from gsuper import daemon, fsafe
 
 TYPE_CHECKING = False  # the CLI's fast path imports this module: no typing, config or dataclasses
@@ -29,17 +39,8 @@ if TYPE_CHECKING:
 
 
 def sha256_hex(data: bytes) -> str:
-    """SHA-256 of `data` in hex, from the interpreter's built-in module when it has one.
-
-    hashlib loads OpenSSL, about 4 ms of the CLI's start; the digest is the same.
-    """
-    try:
-        from _sha2 import sha256  # Python 3.12+
-    except ImportError:
-        try:
-            from _sha256 import sha256  # Python 3.9-3.11
-        except ImportError:  # a build without the built-in modules
-            from hashlib import sha256
+    """SHA-256 of `data` in hex (the interpreter's own, see above: hashlib would also cost the
+    CLI about 4 ms of its start)."""
     return str(sha256(data).hexdigest())
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import gevent
 import gevent.event
 
-from gsuper import guard, runners
+from gsuper import guard, memsample, runners
 from gsuper.config import ProgramConfig
 from gsuper.logs import PipeReader
 from gsuper.users import User
@@ -93,12 +93,17 @@ class Child:
         self._watcher.stop()
         self.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
         _LIVE.discard(self.pid)
+        memsample.forget(self.pid)  # reaped: its pid may be reused, its /proc descriptors are void
         self._exited.set()
 
     def wait(self, timeout: float | None = None) -> int | None:
         """The exit status, waiting cooperatively up to `timeout` (None: still running)."""
         self._exited.wait(timeout)
         return self.returncode
+
+    def on_exit(self, callback: Callable[[], object]) -> None:
+        """Call `callback()` in the hub once the process is gone (soon, if it is already)."""
+        self._exited.rawlink(lambda _event: callback())
 
 
 def setpriv_argv(argv: list[str], user: User | None = None) -> list[str]:
@@ -201,6 +206,10 @@ class WorkerProcess:
     def wait(self, timeout: float | None = None) -> int | None:
         """The exit status, waiting cooperatively up to `timeout` (None: still running)."""
         return self.child.wait(timeout)
+
+    def on_exit(self, callback: Callable[[], object]) -> None:
+        """Call `callback()` in the hub once the process is gone (the slot parks on it)."""
+        self.child.on_exit(callback)
 
     def drain(self, timeout_s: float) -> None:
         """After the exit: take the runner's last report (its exit reason) from the status pipe.

@@ -1,16 +1,20 @@
 """Warm workers: the fork-server side of a program's template process (`warm = true`).
 
 The template is `runners/php/worker.php` in template mode: it loads the bootstrap once, serves
-no request, and forks a worker whenever :meth:`Template.fork` asks. The master and the template
-talk over a SOCK_SEQPACKET socketpair (one packet per message):
+no request, and forks a *spare* worker whenever :meth:`Template.refill` (or a spawn that finds
+none) asks. The master and the template talk over a SOCK_SEQPACKET socketpair (one packet per
+message):
 
 - template → master: ``{"event": "ready"}`` once the bootstrap is loaded, or the runner's
   ``{"event": "exit", "reason": "bootstrap", ...}`` when it cannot be;
-- master → template: ``{"worker": I, "max_request": N}`` with the write ends of the worker's
-  output and status pipes attached (SCM_RIGHTS);
-- an intermediate child of the template → master: ``{"event": "forked", "pid": P}``; the master
-  starts its child watcher on P and acknowledges with one byte; the intermediate then exits, so
-  the worker is orphaned to the master (a subreaper), which reaps it like a spawned worker.
+- master → template: ``{"spare": true, "id": N}`` with one end of a fresh socketpair attached
+  (SCM_RIGHTS): the spare's own line to the master;
+- an intermediate child of the template → master: ``{"event": "forked", "id": N, "pid": P}``;
+  the master starts its child watcher on P and acknowledges with one byte; the intermediate then
+  exits, so the spare is orphaned to the master (a subreaper), which reaps it like a spawned worker;
+- master → spare, at a spawn (the *go*): ``{"worker", "ino", "env", "directory"}`` with the
+  worker's output, status and stderr pipes and its busy page attached; the spare becomes the
+  slot's worker, and the next spare is forked in the background.
 
 :class:`WarmSpawner` is the spawner of every program's slots: a warm program's workers are
 forked through its template, built (again) when missing, stale or dead; when the template
@@ -19,11 +23,13 @@ cannot be built, the program runs cold (:func:`gsuper.spawn.launch_worker`) and 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -33,14 +39,15 @@ import gevent.lock
 import gevent.queue
 import gevent.socket
 
-from gsuper import runners
+from gsuper import guard, runners
 from gsuper.config import ProgramConfig
 from gsuper.logs import LogFile, PipeReader, timestamp
 from gsuper.record import Entry
-from gsuper.spawn import STATUS_LINE_MAX, Child, WorkerProcess, launch_worker, spawn
+from gsuper.spawn import STATUS_LINE_MAX, Child, WorkerProcess, end_strays, launch_worker, spawn
+from gsuper.worker import REAL_CLOCK
 
 if TYPE_CHECKING:
-    from gsuper.worker import Process, Spawner
+    from gsuper.worker import Clock, Process, Spawner
 
 log = logging.getLogger("gsuper")
 
@@ -48,7 +55,8 @@ BUILD_TIMEOUT_S = 60.0  # a bootstrap slower than this is a failed build
 FORK_TIMEOUT_S = 5.0  # a fork request unanswered this long: the template is broken
 STOP_TIMEOUT_S = 5.0  # TERM to the template's group, then SIGKILL
 BACKOFF_START_S, BACKOFF_MAX_S = 0.1, 10.0  # rebuilds of a template that died young
-UP_LONG_ENOUGH_S = 1.0  # a template that lived this long died "late": rebuilt at once
+UP_LONG_ENOUGH_S = 1.0  # a template (or spare) that lived this long died "late": replaced at once
+REFILL_DELAY_S = 0.05  # after a go, the next spare is forked this much later (CPU for the new worker)
 
 
 class TemplateError(Exception):
@@ -65,12 +73,35 @@ def template_log(logfile: LogFile) -> Callable[[bytes], None]:
     return write
 
 
-class Template:
-    """One running template process of a program, and the socket to it."""
+class Spare:
+    """A worker forked in advance: the master's child already, in its own session, idle on its
+    own socket until :meth:`Template._go` hands it a slot (or the socket closes: it exits)."""
 
-    def __init__(self, config: ProgramConfig, output: Callable[[bytes], None]) -> None:
+    def __init__(self, child: Child, sock: socket.socket) -> None:
+        self.child = child
+        self.sock = sock
+        self.born = gevent.get_hub().loop.now()
+        self.taken = False  # handed a slot: a worker now, no longer the template's
+
+    def close(self) -> None:
+        """End an idle spare: close its socket (it exits) and SIGKILL its group to be sure."""
+        self.sock.close()
+        if not self.taken and self.child.returncode is None:
+            try:
+                os.killpg(self.child.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+class Template:
+    """One running template process of a program, its socket, and its one spare worker."""
+
+    def __init__(
+        self, config: ProgramConfig, output: Callable[[bytes], None], on_change: Callable[[], None] = lambda: None
+    ) -> None:
         self.config = config
         self.output = output  # where the template's own stdout and stderr go
+        self.on_change = on_change  # a spare came or went (the takeover record lists it)
         self.child: Child | None = None
         self.started_at = 0.0
         self.closing = False
@@ -80,6 +111,9 @@ class Template:
         self._replies: gevent.queue.Queue[dict[str, Any] | None] = gevent.queue.Queue()
         self._lock = gevent.lock.Semaphore()
         self._output: PipeReader | None = None
+        self._spare: Spare | None = None  # the next worker, forked in advance
+        self._seq = 0  # spare requests sent (a reply names the one it answers)
+        self.env: dict[str, str] = {}  # the template's environment (a go sends what differs)
 
     @property
     def pid(self) -> int | None:
@@ -99,6 +133,7 @@ class Template:
         fd = theirs.fileno()
         env = runners.env_for(self.config, 0, fd, 0)
         env.update(GSUPER_WORKER="template", GSUPER_TEMPLATE_FD=str(fd))
+        self.env = env
         try:
             directory = runners.settings(self.config, 0).directory
             self.child = spawn(runners.argv_for(self.config), env, directory, out_w, (fd,), self.config.user)
@@ -149,6 +184,85 @@ class Template:
                     self._replies.put(event)
         self._replies.put(None)
 
+    def _fork_spare(self) -> Spare:
+        """Ask the template for one spare worker (call under `_lock`). Raises TemplateError."""
+        sock = self._sock
+        if sock is None or not self.alive:
+            raise TemplateError("the template is not running")
+        self._seq += 1
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            socket.send_fds(sock, [json.dumps({"spare": True, "id": self._seq}).encode()], [theirs.fileno()])
+            reply = self._reply(self._seq)
+        except (OSError, gevent.queue.Empty) as exc:
+            reply = {"event": "fork_failed", "message": getattr(exc, "strerror", None) or "no answer"}
+        finally:
+            theirs.close()
+        pid = reply.get("pid") if reply else None
+        if not isinstance(pid, int) or pid <= 0:
+            ours.close()
+            message = (reply or {}).get("message", "the template is gone")
+            raise TemplateError(f"the template could not fork a worker ({message})")
+        # Watch first, then let the intermediate exit: the spare becomes our child only then.
+        spare = Spare(Child(pid), ours)
+        try:
+            sock.send(b"k")
+        except OSError:
+            pass
+        spare.child._exited.rawlink(lambda _event: self._spare_died(spare))
+        return spare
+
+    def _reply(self, seq: int) -> dict[str, Any] | None:
+        """The template's reply to request `seq`; a late reply to an earlier one (that timed out)
+        is acknowledged, so its intermediate exits and the template goes on (that spare's socket
+        is closed: it exits too). Raises gevent.queue.Empty after FORK_TIMEOUT_S."""
+        deadline = gevent.get_hub().loop.now() + FORK_TIMEOUT_S
+        while True:
+            reply: dict[str, Any] | None = self._replies.get(timeout=max(0.0, deadline - gevent.get_hub().loop.now()))
+            if reply is None or reply.get("id") in (seq, None):
+                return reply
+            if reply.get("event") == "forked" and self._sock is not None:
+                try:
+                    self._sock.send(b"k")
+                except OSError:
+                    pass
+
+    def _spare_died(self, spare: Spare) -> None:
+        """A spare that died idle is dropped and replaced (at most one a second: no fork loop)."""
+        if spare.taken:
+            return  # it was a worker by then: its slot saw the exit
+        spare.sock.close()
+        if self._spare is spare:
+            self._spare = None
+            self.on_change()
+            if self.alive:
+                lived = gevent.get_hub().loop.now() - spare.born
+                gevent.spawn_later(max(0.0, UP_LONG_ENOUGH_S - lived), self.refill)
+
+    def take_spare(self) -> Spare:
+        """The idle spare, or (none ready) a new one forked now. Raises TemplateError."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+            if spare is None or spare.child.returncode is not None:
+                spare = self._fork_spare()
+            return spare
+
+    def refill(self) -> None:
+        """Fork the next spare in advance, if none is waiting (errors: the next spawn forks)."""
+        with self._lock:
+            if self._spare is not None or not self.alive:
+                return
+            try:
+                spare = self._fork_spare()
+            except TemplateError as exc:
+                log.debug("%s: no spare worker (%s)", self.config.name, exc)
+                return
+            if self.alive:
+                self._spare = spare
+                self.on_change()
+            else:  # closed while it was forked
+                spare.close()
+
     def fork(
         self,
         config: ProgramConfig,
@@ -156,45 +270,109 @@ class Template:
         max_request: int,
         on_output: Callable[[bytes], None],
         on_reports: Callable[[bytes], None],
+        on_errors: Callable[[bytes], None] | None = None,
     ) -> WorkerProcess:
-        """Fork one worker through the template (one at a time). Raises TemplateError."""
-        with self._lock:
-            sock = self._sock
-            if sock is None or not self.alive:
-                raise TemplateError("the template is not running")
+        """Hand slot `index` to a spare worker (forked now if none waits), then fork the next
+        spare in the background. Raises TemplateError; OSError for a missing folder or when the
+        master is out of descriptors (the slot handles both as for a cold spawn)."""
+        settings = runners.settings(config, index)
+        if config.per_worker and not os.path.isdir(settings.directory):
+            raise OSError(errno.ENOENT, f"no such folder {settings.directory}")
+        end_strays(config.name, index)  # as launch_worker: what an earlier life left may arrive late
+        try:
+            for attempt in (1, 2):
+                spare = self.take_spare()
+                try:
+                    return self._go(spare, config, index, max_request, on_output, on_reports, on_errors)
+                except OSError as exc:
+                    spare.close()
+                    if exc.errno in (errno.EMFILE, errno.ENFILE):
+                        raise  # the master is out of descriptors: the slot retries, as for a cold spawn
+                    # Else the spare died just before its go: one more, fresh.
+                    if attempt == 2:
+                        raise TemplateError(f"the spare worker is gone ({exc.strerror or exc})") from None
+            raise AssertionError("not reached")
+        finally:
+            # Later, not now: the new worker's first request needs the CPU more than the fork.
+            gevent.spawn_later(REFILL_DELAY_S, self.refill)
+
+    def _go(
+        self,
+        spare: Spare,
+        config: ProgramConfig,
+        index: int,
+        max_request: int,
+        on_output: Callable[[bytes], None],
+        on_reports: Callable[[bytes], None],
+        on_errors: Callable[[bytes], None] | None,
+    ) -> WorkerProcess:
+        """Send the spare its slot: its pipes and busy page (SCM_RIGHTS), its environment."""
+        lifetime_s = guard.draw_lifetime(config)
+        spawned_ns = time.monotonic_ns()
+        deadline_ns = spawned_ns + int(lifetime_s * 1e9) if lifetime_s and guard.runner_enforces_lifetime(config) else 0
+        page: guard.BusyPage | None = None
+        opened: list[int] = []
+        try:
+            page = guard.BusyPage() if guard.has_busy_page(config) else None
             status_r, status_w = os.pipe()
+            opened += (status_r, status_w)
             out_r, out_w = os.pipe()
-            for fd in (status_r, out_r):
-                os.set_blocking(fd, False)
-            # The template tells the two received descriptors apart by their pipes' inodes.
-            inodes = {"output_ino": os.fstat(out_w).st_ino, "status_ino": os.fstat(status_w).st_ino}
-            request = json.dumps({"worker": index, "max_request": max_request, **inodes}).encode()
-            try:
-                socket.send_fds(sock, [request], [out_w, status_w])
-                reply = self._replies.get(timeout=FORK_TIMEOUT_S)
-            except (OSError, gevent.queue.Empty) as exc:
-                reply = {"event": "fork_failed", "message": getattr(exc, "strerror", None) or "no answer"}
-            finally:
-                os.close(out_w)
-                os.close(status_w)
-            pid = reply.get("pid") if reply else None
-            if not isinstance(pid, int) or pid <= 0:
-                for fd in (status_r, out_r):
-                    os.close(fd)
-                message = (reply or {}).get("message", "the template is gone")
-                raise TemplateError(f"the template could not fork a worker ({message})")
-            # Watch first, then let the intermediate exit: the worker becomes our child only then.
-            child = Child(pid)
-            try:
-                sock.send(b"k")
-            except OSError:
-                pass
-        return WorkerProcess(child, PipeReader(out_r, on_output), PipeReader(status_r, on_reports, STATUS_LINE_MAX))
+            opened += (out_r, out_w)
+            err_r, err_w = os.pipe() if on_errors is not None else (-1, -1)
+            if on_errors is not None:
+                opened += (err_r, err_w)
+        except OSError:  # EMFILE half-way: nothing made so far may leak
+            for fd in opened:
+                os.close(fd)
+            if page is not None:
+                page.close()
+            raise
+        send = {"output": out_w, "status": status_w}
+        if on_errors is not None:
+            send["errors"] = err_w
+        if page is not None and page.fd is not None:
+            send["busy"] = page.fd
+        env = runners.env_for(config, index, 0, max_request, None, deadline_ns)
+        # Only what differs from the template's own environment (None: unset it); the status
+        # and busy descriptors get their numbers in the worker.
+        changed: dict[str, str | None] = {k: v for k, v in env.items() if self.env.get(k) != v}
+        changed.update({k: None for k in self.env if k not in env})
+        for key in ("GSUPER_STATUS_FD", "GSUPER_BUSY_FD"):
+            changed.pop(key, None)
+        go = {
+            "worker": index,
+            "ino": {name: os.fstat(fd).st_ino for name, fd in send.items()},
+            "env": changed,
+            "directory": runners.settings(config, index).directory,
+        }
+        readers = [status_r, out_r] + ([err_r] if on_errors is not None else [])
+        try:
+            socket.send_fds(spare.sock, [json.dumps(go).encode()], list(send.values()))
+        except OSError:
+            for fd in readers:
+                os.close(fd)
+            if page is not None:
+                page.close()
+            raise
+        finally:
+            for name in ("output", "status", "errors"):
+                if name in send:
+                    os.close(send[name])
+        spare.taken = True
+        spare.sock.close()
+        if page is not None:
+            page.close_fd()  # the worker has its own; the mapping stays
+        for fd in readers:
+            os.set_blocking(fd, False)
+        errors = PipeReader(err_r, on_errors) if on_errors is not None else None
+        output, status = PipeReader(out_r, on_output), PipeReader(status_r, on_reports, STATUS_LINE_MAX)
+        return WorkerProcess(spare.child, output, status, errors, page, lifetime_s, spawned_ns, (config.name, index))
 
     def close(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Stop the template: TERM to its group, SIGKILL after the timeout. Workers it forked
         are the master's children in their own groups: they go on."""
         self.closing = True
+        self._close_spare()
         if self._sock is not None:
             self._sock.close()
         child = self.child
@@ -208,9 +386,21 @@ class Template:
             if child.wait(timeout_s) is not None:
                 return
 
+    def _close_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()
+
+    @property
+    def spare_pid(self) -> int | None:
+        """The idle spare's pid, if one waits (its own process group)."""
+        spare = self._spare
+        return spare.child.pid if spare is not None and spare.child.returncode is None else None
+
     def kill(self) -> None:
-        """SIGKILL the template's group at once (forced exit)."""
+        """SIGKILL the template's group and its spare at once (forced exit)."""
         self.closing = True
+        self._close_spare()
         if self.child is not None and self.child.returncode is None:
             try:
                 os.killpg(self.child.pid, signal.SIGKILL)
@@ -221,10 +411,21 @@ class Template:
 class WarmSpawner:
     """The spawner of a program's slots: through the template when `warm`, else cold."""
 
-    def __init__(self, name: str, output: Callable[[bytes], None], cold: Spawner = launch_worker) -> None:
+    def __init__(
+        self,
+        name: str,
+        output: Callable[[bytes], None],
+        cold: Spawner = launch_worker,
+        on_change: Callable[[], None] = lambda: None,
+        make_template: Callable[..., Template] = Template,
+        clock: Clock | None = None,
+    ) -> None:
         self.name = name
         self.output = output  # the template's own output
         self.cold = cold  # the spawner of a program that is not warm, or runs cold
+        self.on_change = on_change  # the template's processes changed (the takeover record)
+        self.make_template = make_template  # (config, output, on_change) -> Template; a fake in the fast tier
+        self.clock: Clock = clock or REAL_CLOCK
         self.template: Template | None = None
         self.reason: str | None = None  # why the program runs cold although warm
         self._cold_config: ProgramConfig | None = None  # the config that reason is about
@@ -241,13 +442,11 @@ class WarmSpawner:
         on_reports: Callable[[bytes], None],
         on_errors: Callable[[bytes], None] | None = None,
     ) -> Process:
-        """Spawn one worker: forked from the template when warm, else (or on failure) cold.
-
-        A forked worker's stderr goes with its stdout (`stderr_logfile` applies to cold ones)."""
+        """Spawn one worker: forked from the template when warm, else (or on failure) cold."""
         template = self._ensure(config) if config.warm else None
         if template is not None:
             try:
-                return template.fork(config, index, max_request, on_output, on_reports)
+                return template.fork(config, index, max_request, on_output, on_reports, on_errors)
             except TemplateError as exc:
                 log.warning("%s#%d: %s; starting it cold", self.name, index, exc)
                 self._discard(template)
@@ -260,7 +459,8 @@ class WarmSpawner:
         None when the program runs cold (the build failed for this config)."""
         with self._lock:
             current = self.template
-            if current is not None and current.alive and not self._stale and current.config.same_except_numprocs(config):
+            same = current is not None and (current.config is config or current.config.same_except_numprocs(config))
+            if current is not None and current.alive and not self._stale and same:
                 return current
             if self.reason is not None and not self._stale and self._cold_config == config:
                 return None
@@ -268,8 +468,8 @@ class WarmSpawner:
             if current is not None:
                 gevent.spawn(current.close)
             if self._failures:
-                gevent.sleep(min(BACKOFF_START_S * 2 ** (self._failures - 1), BACKOFF_MAX_S))
-            fresh = Template(config, self.output)
+                self.clock.wait(gevent.event.Event(), min(BACKOFF_START_S * 2 ** (self._failures - 1), BACKOFF_MAX_S))
+            fresh = self.make_template(config, self.output, self.on_change)
             try:
                 fresh.build()
             except TemplateError as exc:
@@ -277,6 +477,8 @@ class WarmSpawner:
                 log.warning("%s: the template could not be built (%s), so its workers start cold", self.name, exc)
                 return None
             self.template, self.reason, self._cold_config = fresh, None, None
+            fresh.started_at = self.clock.now()  # its lifetime, for the backoff, on our clock
+            self.on_change()
             log.info("%s: template %d ready (bootstrap loaded once; workers are forked from it)", self.name, fresh.pid)
             gevent.spawn(self._watch, fresh)
             return fresh
@@ -287,7 +489,7 @@ class WarmSpawner:
         code = template.child.wait()
         if template.closing or template is not self.template:
             return
-        lived = gevent.get_hub().loop.now() - template.started_at
+        lived = self.clock.now() - template.started_at
         self._failures = 0 if lived >= UP_LONG_ENOUGH_S else self._failures + 1
         log.warning("%s: template %d died (exit %s); rebuilding it", self.name, template.child.pid, code)
         self._discard(template)
@@ -316,10 +518,11 @@ class WarmSpawner:
             self.template.kill()
 
     def record_entries(self) -> list[Entry]:
-        """The template's process group, for the takeover record."""
+        """The template's process group and its spare's, for the takeover record."""
         template = self.template
-        pid = template.pid if template is not None else None
-        return [Entry(pid, STOP_TIMEOUT_S)] if pid is not None else []
+        if template is None:
+            return []
+        return [Entry(pid, STOP_TIMEOUT_S) for pid in (template.pid, template.spare_pid) if pid is not None]
 
     def describe(self, config: ProgramConfig) -> dict[str, Any]:
         """What status shows of a warm program: `warm` (bool) and, when cold, `warm_error`."""

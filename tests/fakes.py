@@ -127,12 +127,26 @@ class FakeProcess:
         self._end(code)
 
 
+class ParkingProcess(FakeProcess):
+    """A FakeProcess with `on_exit`, as the real one has: the slot parks on it while it runs
+    (for lives with `for_s = None`: only a signal or `exit()` ends it, nothing waits on it)."""
+
+    def on_exit(self, callback: Callable[[], object]) -> None:
+        self._gone.rawlink(lambda _event: callback())
+
+
 class FakeSpawner:
     """Hands out FakeProcesses following `lives` (the last one repeats); records every spawn."""
 
     def __init__(
-        self, clock: FakeClock, *lives: Life, fail: Callable[[int], bool] | None = None, fail_errno: int = errno.ENOENT
+        self,
+        clock: FakeClock,
+        *lives: Life,
+        fail: Callable[[int], bool] | None = None,
+        fail_errno: int = errno.ENOENT,
+        process: type[FakeProcess] = FakeProcess,
     ) -> None:
+        self.process = process
         self.clock = clock
         self.lives = list(lives) or [Life()]
         self.fail = fail  # fail(n) -> True: spawn number n raises OSError(fail_errno)
@@ -145,7 +159,7 @@ class FakeSpawner:
         if self.fail is not None and self.fail(self.calls):
             raise OSError(self.fail_errno, os.strerror(self.fail_errno))
         life = self.lives[min(len(self.spawned), len(self.lives) - 1)]
-        proc = FakeProcess(self.clock, life)
+        proc = self.process(self.clock, life)
         self.spawned.append(proc)
         import json
 

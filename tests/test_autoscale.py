@@ -15,10 +15,10 @@ import gevent
 import pytest
 
 from gsuper import config
-from gsuper.autoscale import Autoscaler, program_row
+from gsuper.autoscale import Autoscaler
 from gsuper.events import Event
 from gsuper.logs import LogFile
-from gsuper.program import Program
+from gsuper.program import Program, program_row
 from tests.conftest import PHP, ROOT, wait_for
 from tests.test_backlog import stop_redis
 

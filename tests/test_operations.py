@@ -604,10 +604,13 @@ def test_stop_shows_progress_on_a_pipe(gs):
 
 @pytest.mark.timeout(90)
 def test_stop_during_a_rolling_restart_starts_no_more_replacements(gs):
-    # Requests take 1.5 s, so the rolling restart is busy stopping an old worker when the stop
-    # comes; it must not go on to start the next replacement once the master is stopping.
+    # Requests last until the test releases them, so the rolling restart is surely busy stopping
+    # the first old worker when the stop comes (a request of fixed length could end just then,
+    # and the roll would start its next replacement before the stop arrived); it must not go on
+    # to start the next replacement once the master is stopping.
+    release = gs.root / "release"
     gs.file("boot.py", "import os\nwith open('boots.txt', 'a') as fh:\n    fh.write(f'{os.getpid()}\\n')\n")
-    gs.file("req.py", "import time\ntime.sleep(1.5)\n")
+    gs.file("req.py", f"import os, time\nwhile not os.path.exists({str(release)!r}):\n    time.sleep(0.02)\n")
     gs.write("""
     [program:rolling]
     runner = python
@@ -619,7 +622,10 @@ def test_stop_during_a_rolling_restart_starts_no_more_replacements(gs):
     gs.wait_workers("rolling", timeout=20)
     with gs.popen("-s", "restart", "--rolling") as rolling:
         wait_for(lambda: any(w["state"] == "STOPPING" for w in gs.workers("rolling")), 15, "the first old worker stopping")
-        gs.run("-s", "stop", check=True)
+        with gs.popen("-s", "stop") as stop:
+            wait_for(lambda: "stopping every program" in gs.log(), 15, "the master to begin its stop")
+            release.write_text("")
+            assert stop.wait(30) == 0, stop.stderr.read() if stop.stderr else ""
         _out, err = rolling.communicate(timeout=30)
     assert not gs.running()
     boots = (gs.root / "boots.txt").read_text().split()

@@ -401,7 +401,8 @@ def test_spool_example_consumes_each_job_once(start: Callable[..., RunnerProcess
     workers = [spool_worker(start, spool, index) for index in (0, 1)]
     done = spool / "done.log"
     wait_for(lambda: len(log_lines(done)) >= 200, 60, "200 jobs done")
-    for worker in workers:
+    for worker in workers:  # one may have done every job before the other got to its loop
+        worker.wait_event("ready")  # a TERM before its handler is set would kill it (-15)
         worker.signal(signal.SIGTERM)
     for worker in workers:
         assert worker.wait_exit() == 0
@@ -490,7 +491,8 @@ def test_redis_example_consumes_each_job(start: Callable[..., RunnerProcess], re
         assert redis("LLEN", "jobs") == 100
         workers = [redis_worker(start, redis_port, index) for index in (0, 1)]
         wait_for(lambda: redis("LLEN", "jobs:done") >= 100, 60, "100 jobs done")
-        for worker in workers:
+        for worker in workers:  # one may have done every job before the other got to its loop
+            worker.wait_event("ready")  # a TERM before its handler is set would kill it (-15)
             worker.signal(signal.SIGTERM)
         for worker in workers:
             assert worker.wait_exit(10) == 0  # at most the 1 s blocking pop, then out

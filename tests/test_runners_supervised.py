@@ -132,6 +132,34 @@ def test_master_replaces_an_exec_worker_over_memory_limit(gs):
     assert "over memory_limit" in gs.log()
 
 
+def test_master_counts_a_workers_children_against_memory_limit(gs):
+    """The memory held by a worker's child (here sh's, which grows) counts: the tree is sampled."""
+    gs.file(
+        "hog.py",
+        """
+    import time
+    hog = []
+    while True:
+        hog.append(bytearray(4 * 1024 * 1024))
+        for chunk in hog[-1:]:
+            chunk[::4096] = b"x" * len(chunk[::4096])
+        time.sleep(0.05)
+    """,
+    )
+    gs.write(f"""
+    [program:tree]
+    command = sh -c "{os.sys.executable} hog.py; true"
+    memory_limit = 50M
+    memory_check_interval = 0.2
+    stop_timeout = 2
+    """)
+    gs.start()
+    first = wait_for(lambda: gs.workers("tree")[0]["pid"], what="a first worker")
+    row = wait_for(lambda: [w for w in gs.workers("tree") if w["pid"] not in (None, first)], 30, what="a replacement")[0]
+    assert row["last_exit"]["reason"] == "memory_limit"
+    assert f"tree#0 (pid {first}) uses" in gs.log()
+
+
 EMPTY = {"php": "<?php\n", "python": "pass\n"}
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from fakes import FakeClock, FakeSpawner, Life, NullLog, program_config, until
+from fakes import FakeClock, FakeSpawner, Life, NullLog, ParkingProcess, program_config, until
 from gsuper.events import Event, EventStream
 from gsuper.program import Program, RollingError
 from gsuper.worker import Worker
@@ -175,3 +175,66 @@ def test_rolling_restart_keeps_the_old_worker_when_the_replacement_fails() -> No
         program.rolling_restart()
     assert program.workers == [old] and old.state.value in ("STARTING", "RUNNING")
     program.stop()
+
+
+# -- a running slot parks on its process's exit (no greenlet per running worker) ----------------
+
+
+def loop_greenlets(w: Worker) -> list[Any]:
+    """The live greenlets running the slot's loop."""
+    import gc
+
+    import gevent
+
+    return [g for g in gc.get_objects() if isinstance(g, gevent.Greenlet) and not g.dead and g._run == w._run]
+
+
+def make_parking(**config: Any) -> tuple[Worker, FakeSpawner, list[Event]]:
+    clock = FakeClock()
+    spawner = FakeSpawner(clock, Life(), process=ParkingProcess)
+    events = EventStream()
+    seen: list[Event] = []
+    events.subscribe(seen.append)
+    worker = Worker(program_config(**config), 0, NullLog(), events, spawner, clock)  # type: ignore[arg-type]
+    return worker, spawner, seen
+
+
+def test_a_running_slot_holds_no_greenlet_and_resumes_at_the_exit() -> None:
+    w, spawner, seen = make_parking()
+    w.start()
+    until(lambda: w.state.value == "RUNNING" and not loop_greenlets(w), "RUNNING, parked")
+    assert not w.at_rest.is_set()
+    w.start()  # a second start of a parked slot is a no-op, not a second loop
+    assert len(spawner.spawned) == 1
+    spawner.spawned[0].exit(-signal.SIGKILL)
+    until(lambda: len(spawner.spawned) == 2 and w.state.value == "RUNNING" and not loop_greenlets(w), "the respawn, parked")
+    assert w.restarts == 1 and w.last_exit == {"reason": "killed", "code": -signal.SIGKILL}
+    assert states(seen) == ["STARTING", "RUNNING", "EXITED", "STARTING", "RUNNING"]
+    w.stop()
+    assert w.state.value == "STOPPED" and w.at_rest.is_set() and w.proc is None
+
+
+def test_stop_and_kill_of_a_parked_slot() -> None:
+    w, spawner, _seen = make_parking(stopsignal=signal.SIGQUIT)
+    w.start()
+    until(lambda: w.state.value == "RUNNING" and not loop_greenlets(w), "parked")
+    w.stop()
+    assert spawner.spawned[0].signals[0] == signal.SIGQUIT
+    assert w.state.value == "STOPPED" and w.last_exit == {"reason": "stopped", "code": -signal.SIGQUIT}
+    w.start()
+    until(lambda: w.state.value == "RUNNING" and not loop_greenlets(w), "parked again")
+    w.kill()
+    until(lambda: w.at_rest.is_set(), "at rest after the kill")
+    assert w.state.value == "STOPPED" and spawner.spawned[1].signals[0] == signal.SIGKILL and len(spawner.spawned) == 2
+
+
+def test_a_parked_slot_recycles_over_memory_limit() -> None:
+    from gsuper.policy import ExitReason
+
+    w, spawner, _seen = make_parking()
+    w.start()
+    until(lambda: w.state.value == "RUNNING" and not loop_greenlets(w), "parked")
+    w.recycle(ExitReason.MEMORY_LIMIT)
+    until(lambda: len(spawner.spawned) == 2 and w.state.value == "RUNNING", "the replacement")
+    assert w.last_exit is not None and w.last_exit["reason"] == "memory_limit"
+    w.stop()

@@ -143,7 +143,7 @@ final class BusyPage
         }
         if (\extension_loaded('ffi')) {
             try {
-                $libc = \FFI::cdef('void *mmap(void *, size_t, int, int, int, long); int close(int);', 'libc.so.6');
+                $libc = self::libc();
                 $map = $libc->mmap(null, 16, 3 /* PROT_READ | PROT_WRITE */, 1 /* MAP_SHARED */, (int) $fd, 0);
                 if (\FFI::cast('intptr_t', $map)->cdata !== -1) { // MAP_FAILED
                     $this->slots = \FFI::cast('int64_t *', $map);
@@ -161,6 +161,14 @@ final class BusyPage
         }
         $this->stream = $stream;
     }
+
+    /** libc's mmap and close, declared once per process (a spare declares it before its go). */
+    public static function libc(): \FFI
+    {
+        return self::$libc ??= \FFI::cdef('void *mmap(void *, size_t, int, int, int, long); int close(int);', 'libc.so.6');
+    }
+
+    private static ?\FFI $libc = null;
 
     public function usable(): bool
     {
@@ -587,14 +595,16 @@ final class Worker
 
 /**
  * Template mode (`warm = true`): this process has loaded the bootstrap once, serves no request,
- * and forks a worker whenever the master asks (docs/architecture.md, "Warm workers").
+ * and forks spare workers whenever the master asks (docs/architecture.md, "Warm workers").
  *
- * The master talks to it over a SOCK_SEQPACKET socket (GSUPER_TEMPLATE_FD): each request is one
- * packet, {"worker": I, "max_request": N}, carrying the write ends of the worker's output and
- * status pipes (SCM_RIGHTS). The template forks an intermediate child, which forks the worker,
- * reports {"event": "forked", "pid": P}, waits for the master's one-byte acknowledgement (the
- * master now watches P) and exits: the worker is orphaned to the master, a subreaper, which
- * reaps it and gets its true exit status. libc's dup2, prctl and _exit come through FFI.
+ * The master talks to it over a SOCK_SEQPACKET socket (GSUPER_TEMPLATE_FD), one packet per
+ * message. A request is {"spare": true, "id": N} carrying one end of a fresh socketpair (SCM_RIGHTS):
+ * the spare's own line to the master. The template forks an intermediate child, which forks
+ * the spare, reports {"event": "forked", "id": N, "pid": P}, waits for the master's one-byte
+ * acknowledgement (the master now watches P) and exits: the spare is orphaned to the master, a
+ * subreaper, which reaps it and gets its true exit status. The spare waits, idle, for its "go"
+ * (Template::spare); only then does it become a worker (Template::worker). libc's dup, dup2,
+ * prctl and _exit come through FFI.
  */
 final class Template
 {
@@ -619,7 +629,7 @@ final class Template
         }
         try {
             $this->libc = \FFI::cdef(
-                'int dup2(int, int); int close(int);'
+                'int dup(int); int dup2(int, int); int close(int);'
                 . ' int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long); void _exit(int);',
                 'libc.so.6',
             );
@@ -640,8 +650,8 @@ final class Template
     }
 
     /**
-     * Serve fork requests until the master closes the socket (then exit 0) or stops us. Returns
-     * only in a forked worker: a fresh Worker, configured from the worker's own settings.
+     * Serve spare requests until the master closes the socket (then exit 0) or stops us.
+     * Returns only in a forked worker: a fresh Worker, configured from the worker's own settings.
      */
     public static function serve(Worker $template, string $fd): Worker
     {
@@ -653,7 +663,7 @@ final class Template
         gc_collect_cycles(); // what the bootstrap left for the collector is not copied into every worker
         $server->send(['event' => 'ready', 'pid' => getmypid(), 'template' => true]);
         while (true) {
-            $message = ['buffer_size' => 4096, 'controllen' => socket_cmsg_space(\SOL_SOCKET, \SCM_RIGHTS, 2)];
+            $message = ['buffer_size' => 4096, 'controllen' => socket_cmsg_space(\SOL_SOCKET, \SCM_RIGHTS, 1)];
             $got = @socket_recvmsg($server->socket, $message, 0);
             if ($got === false && socket_last_error($server->socket) === \SOCKET_EINTR) {
                 continue;
@@ -661,29 +671,21 @@ final class Template
             if (!$got) { // 0: the master closed its end; false: the socket is gone
                 $template->finish('stopped', EXIT_OK);
             }
-            // PHP does not tell the numbers of the received descriptors: find them by the pipes'
-            // inode numbers, which the master sends.
             $request = json_decode(trim((string) ($message['iov'][0] ?? '')), true);
-            $received = $message['control'][0]['data'] ?? [];
-            $fds = [];
-            foreach (self::openFds() as $new) {
-                $fds[(string) @readlink("/proc/self/fd/$new")] = $new;
-            }
-            $fds = \is_array($request) ? [
-                $fds['pipe:[' . ($request['output_ino'] ?? '') . ']'] ?? null,
-                $fds['pipe:[' . ($request['status_ino'] ?? '') . ']'] ?? null,
-            ] : [];
-            if (\count(array_filter($fds)) !== 2) {
-                $template->log('ignored a malformed fork request');
+            $line = $message['control'][0]['data'][0] ?? null; // a socket arrives as a \Socket
+            unset($message);
+            if (!\is_array($request) || empty($request['spare']) || !$line instanceof \Socket) {
+                $template->log('ignored a malformed spare request');
+                unset($line);
                 continue;
             }
             $pid = pcntl_fork();
             if ($pid === 0) {
-                return $server->intermediate($request, $fds, $received);
+                return $server->intermediate($line, $request['id'] ?? null);
             }
-            unset($received, $message); // closes our copies of the worker's pipes
+            unset($line); // closes our copy of the spare's socket
             if ($pid < 0) {
-                $server->send(['event' => 'fork_failed', 'message' => 'fork: ' . pcntl_strerror(pcntl_get_last_error())]);
+                $server->send(['event' => 'fork_failed', 'id' => $request['id'] ?? null, 'message' => 'fork: ' . pcntl_strerror(pcntl_get_last_error())]);
                 continue;
             }
             while (pcntl_waitpid($pid, $status) === -1 && pcntl_get_last_error() === \PCNTL_EINTR) {
@@ -698,63 +700,63 @@ final class Template
         @socket_send($this->socket, $line, \strlen($line), 0);
     }
 
-    /** @return list<int> the open descriptors of this process */
-    private static function openFds(): array
+    /**
+     * The descriptors of this process by the inode they refer to (pipes and memfds alike):
+     * socket_recvmsg does not say which numbers it installed, the master sends the inodes.
+     *
+     * @return array<int, int> inode => descriptor
+     */
+    private static function fdsByInode(): array
     {
         $fds = [];
         foreach (scandir('/proc/self/fd') ?: [] as $entry) {
             if (ctype_digit($entry)) {
-                $fds[] = (int) $entry;
+                $stat = @stat("/proc/self/fd/$entry");
+                if ($stat !== false) {
+                    $fds[$stat['ino']] = (int) $entry;
+                }
             }
         }
         return $fds;
     }
 
     /**
-     * In the intermediate child: fork the worker, report its pid, wait for the master's
+     * In the intermediate child: fork the spare, report its pid, wait for the master's
      * acknowledgement, then vanish (_exit: no shutdown function, no destructor runs here).
-     *
-     * @param array<string, mixed> $request
-     * @param list<int> $fds
-     * @param array<mixed> $received the streams holding $fds open
      */
-    private function intermediate(array $request, array $fds, array $received): Worker
+    private function intermediate(\Socket $line, mixed $id): Worker
     {
         $this->template->retire();
         $pid = pcntl_fork();
         if ($pid === 0) {
-            return $this->worker($request, $fds, $received);
+            return $this->spare($line);
         }
         if ($pid < 0) {
-            $this->send(['event' => 'fork_failed', 'message' => 'fork of the worker failed']);
+            $this->send(['event' => 'fork_failed', 'id' => $id, 'message' => 'fork of the worker failed']);
             $this->libc->_exit(1);
         }
-        $this->send(['event' => 'forked', 'pid' => $pid]);
+        $this->send(['event' => 'forked', 'id' => $id, 'pid' => $pid]);
         @socket_recv($this->socket, $ack, 16, 0);
         $this->libc->_exit(0);
         exit(0); // not reached
     }
 
     /**
-     * In the worker: its own session, a parent-death signal, its own stdout, stderr and status
-     * pipe, fresh random seeds, and a fresh runner state.
-     *
-     * @param array<string, mixed> $request
-     * @param list<int> $fds
-     * @param array<mixed> $received
+     * In the spare: its own session and parent-death signal at once, then wait, idle, on its
+     * own socket for the master's "go" (a slot to serve), and become that worker. A closed
+     * socket (the template's program stopped, reloaded or renewed; the master died) ends it.
      */
-    private function worker(array $request, array $fds, array $received): Worker
+    private function spare(\Socket $line): Worker
     {
-        [$output, $status] = $fds;
         posix_setsid();
         socket_close($this->socket); // (closes the stream it was imported from too)
         $this->libc->close($this->fd);
         // The parent-death signal fires at the death of whoever is the parent then: first the
         // intermediate, which exits as soon as the master watches us, later the master. Waiting
-        // for the intermediate's exit before setting it would put that exit (a few ms for a big
-        // heap) before the first request; so the signal is SIGUSR2, and its handler tells the
-        // two deaths apart by the parent pid (the kernel reparents before it signals). When the
-        // master died, a TERM to ourselves drains the worker, as PDEATHSIG=TERM would.
+        // for the intermediate's exit before setting it would cost that exit (a few ms for a big
+        // heap); so the signal is SIGUSR2, and its handler tells the two deaths apart by the
+        // parent pid (the kernel reparents before it signals). When the master died, a TERM to
+        // ourselves drains the worker (or ends the spare), as PDEATHSIG=TERM would.
         $master = $this->masterPid;
         $intermediate = posix_getppid();
         pcntl_signal(\SIGUSR2, static function () use ($master): void {
@@ -762,26 +764,92 @@ final class Template
                 posix_kill(getmypid(), \SIGTERM);
             }
         });
+        foreach (STOP_SIGNALS as $signal) {
+            pcntl_signal($signal, \SIG_DFL); // an idle spare just ends
+        }
         $this->libc->prctl(1 /* PR_SET_PDEATHSIG */, \SIGUSR2, 0, 0, 0);
         $parent = posix_getppid();
         if ($parent !== $intermediate && $parent !== $master) { // the master died before we could watch it
             $this->libc->_exit(0);
         }
-        $this->libc->dup2($output, 1);
-        $this->libc->dup2($output, 2);
-        // The received streams stay open for the worker's life: one of them is its status pipe
-        // (the extra write end of the output pipe closes with the worker, as 1 and 2 do).
-        self::$keep = $received;
-        foreach (STOP_SIGNALS as $signal) {
-            pcntl_signal($signal, \SIG_DFL);
+        @cli_set_process_title('gsuper: ' . (getenv('GSUPER_PROGRAM') ?: 'php') . '#spare');
+        socket_set_block($line);
+        // What the go needs first, done once now, while idle: the first scan of /proc/self/fd
+        // and the FFI declaration cost ~0.3 ms each in a fresh fork (code paths and pages
+        // touched for the first time), then a few µs.
+        self::fdsByInode();
+        try {
+            BusyPage::libc();
+        } catch (\Throwable) {
+            // FFI disabled: BusyPage writes instead.
         }
+        while (true) {
+            $message = ['buffer_size' => 65536, 'controllen' => socket_cmsg_space(\SOL_SOCKET, \SCM_RIGHTS, 4)];
+            $got = @socket_recvmsg($line, $message, 0);
+            if ($got === false && socket_last_error($line) === \SOCKET_EINTR) {
+                continue;
+            }
+            if (!$got) {
+                $this->libc->_exit(0);
+            }
+            break;
+        }
+        socket_close($line);
+        $go = json_decode(trim((string) ($message['iov'][0] ?? '')), true);
+        $received = $message['control'][0]['data'] ?? [];
+        unset($message);
+        return $this->worker(\is_array($go) ? $go : [], $received);
+    }
+
+    /**
+     * In the spare, at its go: its own stdout, stderr, status pipe and busy page, its own
+     * settings, fresh random seeds, and a fresh runner state.
+     *
+     * @param array<string, mixed> $go {"worker", "max_request", "ino": {name: inode}, "env", "directory"}
+     * @param array<mixed> $received the streams holding the received descriptors open
+     */
+    private function worker(array $go, array $received): Worker
+    {
+        $byInode = self::fdsByInode();
+        $fds = [];
+        foreach ((array) ($go['ino'] ?? []) as $name => $inode) {
+            $fds[$name] = $byInode[(int) $inode] ?? null;
+        }
+        if (!isset($fds['output'], $fds['status'])) {
+            @fwrite(\STDERR, "gsuper: a spare got a malformed go; it exits\n");
+            $this->libc->_exit(EXIT_CANNOT_START);
+        }
+        $this->libc->dup2($fds['output'], 1);
+        $this->libc->dup2($fds['errors'] ?? $fds['output'], 2);
+        if (isset($fds['busy'])) {
+            // BusyPage closes the number it maps with libc; a number of its own, so that no
+            // received stream is left holding a closed (later reused) descriptor.
+            putenv('GSUPER_BUSY_FD=' . $this->libc->dup($fds['busy']));
+        }
+        // Of the received streams only the status pipe's stays open (for the worker's life): the
+        // output and stderr pipes are on 1 and 2 now, the busy page has its own number; closed,
+        // they are not inherited by what the business code starts.
+        $statusIno = (int) ($go['ino']['status'] ?? -1);
+        foreach ($received as $stream) {
+            if (\is_resource($stream) && (fstat($stream)['ino'] ?? null) === $statusIno) {
+                self::$keep[] = $stream;
+            }
+        }
+        unset($received, $stream);
         // Random sequences must differ per worker: the template's seeds were copied by fork.
         mt_srand();
         srand();
+        // This worker's own environment: what differs from the template's (expansions of
+        // %(process_num) in `environment`, GSUPER_WORKER, its limits), set before after_fork.
         putenv('GSUPER_TEMPLATE_FD');
-        putenv('GSUPER_WORKER=' . (int) ($request['worker'] ?? 0));
-        putenv('GSUPER_MAX_REQUEST=' . (int) ($request['max_request'] ?? 0));
-        putenv("GSUPER_STATUS_FD=$status");
+        foreach ((array) ($go['env'] ?? []) as $key => $value) {
+            putenv($value === null ? (string) $key : "$key=$value");
+        }
+        putenv('GSUPER_STATUS_FD=' . $fds['status']);
+        $directory = (string) ($go['directory'] ?? '');
+        if ($directory !== '' && $directory !== getcwd()) {
+            @chdir($directory);
+        }
         $env = getenv();
         $worker = new Worker($env);
         try {
