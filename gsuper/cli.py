@@ -105,8 +105,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _failed(exc: Exception) -> int:
     """The one sentence and exit code of a command that failed."""
-    from gsuper import config, control
-
+    try:
+        from gsuper import config, control
+    except Exception as broken:  # noqa: BLE001 - a broken install: still one sentence
+        print(f"gsuper: internal error ({type(exc).__name__}: {exc}; {broken}); please report it", file=sys.stderr)
+        return 1
     if isinstance(exc, config.ConfigError):
         print(f"gsuper: {exc}", file=sys.stderr)
         return 2
