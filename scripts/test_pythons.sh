@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 FAST=(tests/test_states.py tests/test_policy.py tests/test_worker.py tests/test_reload_plan.py
       tests/test_monitor.py tests/test_config.py tests/test_stdlog.py tests/test_guard.py
       tests/test_scaling.py tests/test_web_unit.py tests/test_hardening_fast.py tests/test_expand.py
-      tests/test_import.py tests/test_client.py)
+      tests/test_import.py tests/test_client.py tests/test_memsample.py tests/test_warm_spawner.py)
 CORE=(tests/test_core.py)
 main=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
 
@@ -60,6 +60,6 @@ for i in "${!found[@]}"; do
     tests+=("${CORE[@]}")
   fi
   echo "python $v: ${tests[*]}"
-  "$venv/bin/python" -m pytest -q -p no:cacheprovider -m 'not timing' "${tests[@]}" || status=1
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "${GSUPER_TEST_JOBS:-2}" -m 'not timing' "${tests[@]}" || status=1
 done
 exit $status
