@@ -385,7 +385,6 @@ class FakeReader:
 
 def test_the_monitor_drives_the_backlog_check_with_scripted_workers():
     from fakes import FakeClock, FakeSpawner, NullLog, program_config
-
     from gsuper.autoscale import BacklogCheck
     from gsuper.backlog import BacklogError
     from gsuper.events import EventStream
@@ -450,9 +449,8 @@ def test_a_scale_down_drains_idle_workers_first_when_the_runner_tells(monkeypatc
     their index; without it, the highest indexes go (tests/test_scaling.py)."""
     from types import SimpleNamespace
 
-    from fakes import FakeClock, FakeSpawner, NullLog, program_config
-
     import gsuper.autoscale as autoscale
+    from fakes import FakeClock, FakeSpawner, NullLog, program_config
 
     clock = FakeClock()
     cfg = program_config(name="q", numprocs=1, numprocs_max=4, scale_source="command:true", scale_step=2)

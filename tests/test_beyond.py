@@ -152,7 +152,9 @@ def test_logdir_dash_tail_says_where_the_logs_go(gs):
 def test_a_slow_stdout_reader_does_not_stall_the_master(gs, tmp_path):
     """stdout is a pipe nobody reads: the master still answers and supervises."""
     gs.file("flood.py", "import sys\nwhile True:\n    sys.stdout.write('z' * 1000 + '\\n')\n")
-    gs.write(f"[gsuper]\nlogdir = -\n[program:flood]\ncommand = {sys.executable} flood.py\n[program:other]\ncommand = sleep 1000\n")
+    gs.write(
+        f"[gsuper]\nlogdir = -\n[program:flood]\ncommand = {sys.executable} flood.py\n[program:other]\ncommand = sleep 1000\n"
+    )
     proc = foreground(gs, stderr=subprocess.DEVNULL)  # stdout: a pipe this test never reads
     try:
         wait_for(gs.running, 10, what="the master")

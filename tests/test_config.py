@@ -137,12 +137,18 @@ ERRORS = [
     ("[program:a]\ncommand = sleep 1\nmax_request = 5\n", "max_request: only for mode = loop"),
     ("[program:a]\ncommand = sleep 1\nenvironment = NOEQUALS\n", "[program:a] environment:"),
     ("[program:a]\nrunner = php\nscript = task.php\nrequest_timeout = -1\n", '[program:a] request_timeout: "-1" is negative'),
-    ("[program:a]\nrunner = php\nscript = task.php\nrequest_timeout = soon\n", '[program:a] request_timeout: "soon" is not a duration'),
+    (
+        "[program:a]\nrunner = php\nscript = task.php\nrequest_timeout = soon\n",
+        '[program:a] request_timeout: "soon" is not a duration',
+    ),
     ("[program:a]\ncommand = sleep 1\nmax_lifetime = -5m\n", '[program:a] max_lifetime: "-5m" is negative'),
     ("[program:a]\ncommand = sleep 1\nmax_lifetime = 1 hour\n", "[program:a] max_lifetime: "),
     ("[program:a]\ncommand = sleep 1\nmax_lifetime_jitter = -1\n", "[program:a] max_lifetime_jitter: "),
     ("[program:a]\ncommand = sleep 1\nmax_lifetime_jitter = x\n", "[program:a] max_lifetime_jitter: "),
-    ("[program:a]\nrunner = php\nmode = daemon\nscript = task.php\nrequest_timeout = 5\n", "request_timeout: only for mode = loop"),
+    (
+        "[program:a]\nrunner = php\nmode = daemon\nscript = task.php\nrequest_timeout = 5\n",
+        "request_timeout: only for mode = loop",
+    ),
 ]
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, ROOT
-
 from gsuper import config
 
 yaml = pytest.importorskip("yaml")

@@ -101,7 +101,7 @@ def test_a_hanging_hook_is_killed_and_never_delays_a_respawn(gs):
         pid = gs.workers("a")[0]["pid"]
         os.kill(pid, signal.SIGKILL)
         t0 = time.monotonic()
-        wait_for(lambda: gs.workers("a")[0]["pid"] not in (None, pid), 5, "a respawn", 0.01)
+        wait_for(lambda pid=pid: gs.workers("a")[0]["pid"] not in (None, pid), 5, "a respawn", 0.01)
         assert time.monotonic() - t0 < 2
     wait_for(lambda: "hook stuck: still running after 1.5s on a started event: SIGKILL" in gs.log(), 10, "the kill")
     assert "hook stuck: hook ran for started" in gs.log()

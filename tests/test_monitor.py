@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fakes import program_config
-
 from gsuper.monitor import MemoryCheck, Monitor
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 from fakes import program_config
-
 from gsuper.config import GsuperConfig
 from gsuper.reload import Kind, plan_reload
 

@@ -149,7 +149,9 @@ def test_json_formatter_fields():
 
 def test_grace_warnings(tmp_path):
     path = tmp_path / "gsuper.ini"
-    path.write_text("[program:slow]\ncommand = sleep 1\nstop_timeout = 40\n[program:quick]\ncommand = sleep 1\nstop_timeout = 5\n")
+    path.write_text(
+        "[program:slow]\ncommand = sleep 1\nstop_timeout = 40\n[program:quick]\ncommand = sleep 1\nstop_timeout = 5\n"
+    )
     cfg = config.load(str(path))
     assert grace_warnings(cfg, {}) == []
     warned = grace_warnings(cfg, {"GSUPER_GRACE_SECONDS": "30"})
