@@ -231,6 +231,76 @@ class WorkerProcess:
         return end_strays(*self.slot)
 
 
+class Plumbing:
+    """One life's pipes (status, output, stderr when apart) and busy page, made before its
+    process and its lifetime drawn: :meth:`process` hands them to the process that got the
+    write ends, :meth:`abandon` closes them when none did. Shared by cold spawns and warm forks.
+    Raises OSError (EMFILE half-way: nothing made so far is left open, or every retry loses more).
+    """
+
+    def __init__(self, config: ProgramConfig, separate_errors: bool) -> None:
+        self.lifetime_s = guard.draw_lifetime(config)  # max_lifetime plus its jitter, 0: unlimited
+        self.spawned_ns = time.monotonic_ns()
+        enforced = self.lifetime_s and guard.runner_enforces_lifetime(config)
+        # A php or python loop gets its deadline in the environment, as it must know it from its start.
+        self.deadline_ns = self.spawned_ns + int(self.lifetime_s * 1e9) if enforced else 0
+        self.page: guard.BusyPage | None = None
+        self.err_r: int | None = None
+        self.err_w: int | None = None
+        opened: list[int] = []
+        try:
+            self.page = guard.BusyPage() if guard.has_busy_page(config) else None
+            self.status_r, self.status_w = os.pipe()
+            opened += (self.status_r, self.status_w)
+            self.out_r, self.out_w = os.pipe()
+            opened += (self.out_r, self.out_w)
+            if separate_errors:
+                self.err_r, self.err_w = os.pipe()
+                opened += (self.err_r, self.err_w)
+        except OSError:
+            for fd in opened:
+                os.close(fd)
+            if self.page is not None:
+                self.page.close()
+            raise
+        self.readers = [fd for fd in (self.status_r, self.out_r, self.err_r) if fd is not None]
+
+    @property
+    def busy_fd(self) -> int | None:
+        """The busy page's descriptor for the process, if it gets one."""
+        return self.page.fd if self.page is not None else None
+
+    def close_write_ends(self) -> None:
+        """Once the process has them (or could not start): the master keeps only the read ends."""
+        for fd in (self.status_w, self.out_w, self.err_w):
+            if fd is not None:
+                os.close(fd)
+
+    def abandon(self) -> None:
+        """No process got them: close the read ends and the page."""
+        for fd in self.readers:
+            os.close(fd)
+        if self.page is not None:
+            self.page.close()
+
+    def process(
+        self,
+        child: Child,
+        on_output: Callable[[bytes], None],
+        on_reports: Callable[[bytes], None],
+        on_errors: Callable[[bytes], None] | None,
+        slot: tuple[str, int],
+    ) -> WorkerProcess:
+        """The :class:`WorkerProcess` of `child`, which holds the write ends and the page now."""
+        if self.page is not None:
+            self.page.close_fd()  # the worker has its own; the mapping stays
+        for fd in self.readers:
+            os.set_blocking(fd, False)
+        errors = PipeReader(self.err_r, on_errors) if self.err_r is not None and on_errors is not None else None
+        output, status = PipeReader(self.out_r, on_output), PipeReader(self.status_r, on_reports, STATUS_LINE_MAX)
+        return WorkerProcess(child, output, status, errors, self.page, self.lifetime_s, self.spawned_ns, slot)
+
+
 def launch_worker(
     config: ProgramConfig,
     index: int,
@@ -253,49 +323,15 @@ def launch_worker(
         raise OSError(errno.ENOENT, f"no such folder {settings.directory}")
     # A daemon an earlier life double-forked may only have arrived since that life's exit.
     end_strays(config.name, index)
-    lifetime_s = guard.draw_lifetime(config)
-    spawned_ns = time.monotonic_ns()
-    deadline_ns = spawned_ns + int(lifetime_s * 1e9) if lifetime_s and guard.runner_enforces_lifetime(config) else 0
-    page: guard.BusyPage | None = None
-    opened: list[int] = []
-    err_r: int | None = None
-    err_w: int | None = None
-    try:
-        page = guard.BusyPage() if guard.has_busy_page(config) else None
-        status_r, status_w = os.pipe()
-        opened += (status_r, status_w)
-        out_r, out_w = os.pipe()
-        opened += (out_r, out_w)
-        if on_errors is not None:
-            err_r, err_w = os.pipe()
-            opened += (err_r, err_w)
-    except OSError:  # EMFILE half-way: nothing made so far may leak, or every retry loses more
-        for fd in opened:
-            os.close(fd)
-        if page is not None:
-            page.close()
-        raise
-    busy_fd = page.fd if page is not None else None
-    readers = [fd for fd in (status_r, out_r, err_r) if fd is not None]
-    for fd in readers:
-        os.set_blocking(fd, False)
+    pipes = Plumbing(config, on_errors is not None)
     argv = runners.argv_for(config, index)
-    env = runners.env_for(config, index, status_w, max_request, busy_fd, deadline_ns)
-    keep = (status_w,) if busy_fd is None else (status_w, busy_fd)
+    env = runners.env_for(config, index, pipes.status_w, max_request, pipes.busy_fd, pipes.deadline_ns)
+    keep = (pipes.status_w,) if pipes.busy_fd is None else (pipes.status_w, pipes.busy_fd)
     try:
-        child = spawn(argv, env, settings.directory, out_w, keep, config.user, err_w)
+        child = spawn(argv, env, settings.directory, pipes.out_w, keep, config.user, pipes.err_w)
     except OSError:
-        for fd in readers:
-            os.close(fd)
-        if page is not None:
-            page.close()
+        pipes.abandon()
         raise
     finally:
-        for write_end in (status_w, out_w, err_w):
-            if write_end is not None:
-                os.close(write_end)
-    if page is not None:
-        page.close_fd()  # the worker has its own; the mapping stays
-    errors = PipeReader(err_r, on_errors) if err_r is not None and on_errors is not None else None
-    output, status = PipeReader(out_r, on_output), PipeReader(status_r, on_reports, STATUS_LINE_MAX)
-    return WorkerProcess(child, output, status, errors, page, lifetime_s, spawned_ns, (config.name, index))
+        pipes.close_write_ends()
+    return pipes.process(child, on_output, on_reports, on_errors, (config.name, index))

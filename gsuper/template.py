@@ -29,7 +29,6 @@ import logging
 import os
 import signal
 import socket
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -39,11 +38,11 @@ import gevent.lock
 import gevent.queue
 import gevent.socket
 
-from gsuper import guard, runners
+from gsuper import runners
 from gsuper.config import ProgramConfig
 from gsuper.logs import LogFile, PipeReader, timestamp
 from gsuper.record import Entry
-from gsuper.spawn import STATUS_LINE_MAX, Child, WorkerProcess, end_strays, launch_worker, spawn
+from gsuper.spawn import Child, Plumbing, WorkerProcess, end_strays, launch_worker, spawn
 from gsuper.worker import REAL_CLOCK
 
 if TYPE_CHECKING:
@@ -307,32 +306,13 @@ class Template:
         on_errors: Callable[[bytes], None] | None,
     ) -> WorkerProcess:
         """Send the spare its slot: its pipes and busy page (SCM_RIGHTS), its environment."""
-        lifetime_s = guard.draw_lifetime(config)
-        spawned_ns = time.monotonic_ns()
-        deadline_ns = spawned_ns + int(lifetime_s * 1e9) if lifetime_s and guard.runner_enforces_lifetime(config) else 0
-        page: guard.BusyPage | None = None
-        opened: list[int] = []
-        try:
-            page = guard.BusyPage() if guard.has_busy_page(config) else None
-            status_r, status_w = os.pipe()
-            opened += (status_r, status_w)
-            out_r, out_w = os.pipe()
-            opened += (out_r, out_w)
-            err_r, err_w = os.pipe() if on_errors is not None else (-1, -1)
-            if on_errors is not None:
-                opened += (err_r, err_w)
-        except OSError:  # EMFILE half-way: nothing made so far may leak
-            for fd in opened:
-                os.close(fd)
-            if page is not None:
-                page.close()
-            raise
-        send = {"output": out_w, "status": status_w}
-        if on_errors is not None:
-            send["errors"] = err_w
-        if page is not None and page.fd is not None:
-            send["busy"] = page.fd
-        env = runners.env_for(config, index, 0, max_request, None, deadline_ns)
+        pipes = Plumbing(config, on_errors is not None)
+        send = {"output": pipes.out_w, "status": pipes.status_w}
+        if pipes.err_w is not None:
+            send["errors"] = pipes.err_w
+        if pipes.busy_fd is not None:
+            send["busy"] = pipes.busy_fd
+        env = runners.env_for(config, index, 0, max_request, None, pipes.deadline_ns)
         # Only what differs from the template's own environment (None: unset it); the status
         # and busy descriptors get their numbers in the worker.
         changed: dict[str, str | None] = {k: v for k, v in env.items() if self.env.get(k) != v}
@@ -345,28 +325,16 @@ class Template:
             "env": changed,
             "directory": runners.settings(config, index).directory,
         }
-        readers = [status_r, out_r] + ([err_r] if on_errors is not None else [])
         try:
             socket.send_fds(spare.sock, [json.dumps(go).encode()], list(send.values()))
         except OSError:
-            for fd in readers:
-                os.close(fd)
-            if page is not None:
-                page.close()
+            pipes.abandon()
             raise
         finally:
-            for name in ("output", "status", "errors"):
-                if name in send:
-                    os.close(send[name])
+            pipes.close_write_ends()
         spare.taken = True
         spare.sock.close()
-        if page is not None:
-            page.close_fd()  # the worker has its own; the mapping stays
-        for fd in readers:
-            os.set_blocking(fd, False)
-        errors = PipeReader(err_r, on_errors) if on_errors is not None else None
-        output, status = PipeReader(out_r, on_output), PipeReader(status_r, on_reports, STATUS_LINE_MAX)
-        return WorkerProcess(spare.child, output, status, errors, page, lifetime_s, spawned_ns, (config.name, index))
+        return pipes.process(spare.child, on_output, on_reports, on_errors, (config.name, index))
 
     def close(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Stop the template: TERM to its group, SIGKILL after the timeout. Workers it forked
