@@ -105,19 +105,20 @@ def test_memory_limit_replaces_a_leaking_worker(gs, runner):
     assert "FATAL" not in gs.log()
 
 
+# A process that grows by 4 MiB every 50 ms, touching each page (so that it is resident).
+HOG = """
+import time
+hog = []
+while True:
+    hog.append(bytearray(4 * 1024 * 1024))
+    for chunk in hog[-1:]:
+        chunk[::4096] = b"x" * len(chunk[::4096])
+    time.sleep(0.05)
+"""
+
+
 def test_master_replaces_an_exec_worker_over_memory_limit(gs):
-    gs.file(
-        "hog.py",
-        """
-    import time
-    hog = []
-    while True:
-        hog.append(bytearray(4 * 1024 * 1024))
-        for chunk in hog[-1:]:
-            chunk[::4096] = b"x" * len(chunk[::4096])
-        time.sleep(0.05)
-    """,
-    )
+    gs.file("hog.py", HOG)
     gs.write(f"""
     [program:hog]
     command = {os.sys.executable} hog.py
@@ -134,18 +135,7 @@ def test_master_replaces_an_exec_worker_over_memory_limit(gs):
 
 def test_master_counts_a_workers_children_against_memory_limit(gs):
     """The memory held by a worker's child (here sh's, which grows) counts: the tree is sampled."""
-    gs.file(
-        "hog.py",
-        """
-    import time
-    hog = []
-    while True:
-        hog.append(bytearray(4 * 1024 * 1024))
-        for chunk in hog[-1:]:
-            chunk[::4096] = b"x" * len(chunk[::4096])
-        time.sleep(0.05)
-    """,
-    )
+    gs.file("hog.py", HOG)
     gs.write(f"""
     [program:tree]
     command = sh -c "{os.sys.executable} hog.py; true"
