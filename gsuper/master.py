@@ -69,6 +69,22 @@ def _stderr(text: str) -> None:
     print(f"gsuper: {text}", file=sys.stderr)
 
 
+TRIM_EVERY_S = 10.0  # malloc_trim's cost at a 30 MiB heap is well under a millisecond
+
+
+def trim_heap_forever(sleep: Callable[[float], object]) -> None:
+    """Hand the heap that bursts freed back to the system, every TRIM_EVERY_S.
+
+    glibc keeps freed memory for reuse: after a kill storm of 1,000 workers and a few
+    1,000-row statuses the master held ~3 MiB more than before (31.6 against 28.5 MB after a
+    malloc_trim). Stops on a libc without malloc_trim (musl), which said so once.
+    """
+    while True:
+        sleep(TRIM_EVERY_S)
+        if not osutil.trim_heap():
+            return
+
+
 class Master:
     """Supervises every program of one configuration file."""
 
@@ -143,6 +159,7 @@ class Master:
                 gevent.signal_handler(sig, self._signals.put_nowait, sig)
             gevent.spawn(self._signal_loop)
             gevent.spawn(self.monitor.run_forever, gevent.sleep)
+            gevent.spawn(trim_heap_forever, gevent.sleep)
             log.info("master %d started with %s", os.getpid(), self.config.path)
             for warning in self.config.warnings:  # e.g. an [include] glob that matches no file
                 log.warning("%s", warning)

@@ -77,3 +77,15 @@ def test_memory_check_interval_only_for_limited_programs() -> None:
     limited = FakeProgram("l", program_config(memory_limit_bytes=10 << 20))
     own = FakeProgram("o", program_config(memory_limit_bytes=10 << 20, memory_check_interval_s=0.25))
     assert [check.interval_s(p) for p in (unlimited, limited, own)] == [None, 1.0, 0.25]  # type: ignore[arg-type]
+
+
+def test_the_heap_is_trimmed_every_interval_until_libc_has_no_malloc_trim(monkeypatch):
+    from gsuper import master, osutil
+
+    answers = [True, True, False]  # glibc twice, then (as on musl) no malloc_trim
+    calls: list[str] = []
+    monkeypatch.setattr(osutil, "trim_heap", lambda: calls.append("trim") or answers.pop(0))
+    slept: list[float] = []
+    master.trim_heap_forever(lambda s: slept.append(s) or calls.append("sleep"))
+    assert calls == ["sleep", "trim"] * 3  # a sleep before each trim; it ends at the first False
+    assert slept == [master.TRIM_EVERY_S] * 3
