@@ -12,7 +12,8 @@ message):
 - an intermediate child of the template → master: ``{"event": "forked", "id": N, "pid": P}``;
   the master starts its child watcher on P and acknowledges with one byte; the intermediate then
   exits, so the spare is orphaned to the master (a subreaper), which reaps it like a spawned worker;
-- master → spare, at a spawn (the *go*): ``{"worker", "ino", "env", "directory"}`` with the
+- master → spare, at a spawn (the *go*): ``{"worker", "ino", "env", "directory"}`` (``ino``:
+  each descriptor's ``"device:inode"``) with the
   worker's output, status and stderr pipes and its busy page attached; the spare becomes the
   slot's worker, and the next spare is forked in the background.
 
@@ -70,6 +71,13 @@ def template_log(logfile: LogFile) -> Callable[[bytes], None]:
         logfile.write(prefix + data[:-1].replace(b"\n", b"\n" + prefix) + b"\n")
 
     return write
+
+
+def _file_id(fd: int) -> str:
+    """"device:inode" of what `fd` refers to: how the spare finds each received descriptor (an
+    inode number alone is shared by files of different file systems: a memfd and a socket)."""
+    st = os.fstat(fd)
+    return f"{st.st_dev}:{st.st_ino}"
 
 
 class Spare:
@@ -321,7 +329,7 @@ class Template:
             changed.pop(key, None)
         go = {
             "worker": index,
-            "ino": {name: os.fstat(fd).st_ino for name, fd in send.items()},
+            "ino": {name: _file_id(fd) for name, fd in send.items()},
             "env": changed,
             "directory": runners.settings(config, index).directory,
         }

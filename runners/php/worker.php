@@ -701,10 +701,14 @@ final class Template
     }
 
     /**
-     * The descriptors of this process by the inode they refer to (pipes and memfds alike):
-     * socket_recvmsg does not say which numbers it installed, the master sends the inodes.
+     * The descriptors of this process by the file they refer to, "device:inode" (pipes and
+     * memfds alike): socket_recvmsg does not say which numbers it installed, the master sends
+     * each file's device and inode. The inode alone is not enough: pipes and sockets take their
+     * numbers from one counter of the kernel, memfds from another, /dev/null and files from
+     * their file systems, so a memfd and a socket can share one (CI saw a busy page taken for
+     * another descriptor, and a hung request never ended).
      *
-     * @return array<int, int> inode => descriptor
+     * @return array<string, int> "device:inode" => descriptor
      */
     private static function fdsByInode(): array
     {
@@ -713,7 +717,7 @@ final class Template
             if (ctype_digit($entry)) {
                 $stat = @stat("/proc/self/fd/$entry");
                 if ($stat !== false) {
-                    $fds[$stat['ino']] = (int) $entry;
+                    $fds[$stat['dev'] . ':' . $stat['ino']] = (int) $entry;
                 }
             }
         }
@@ -805,7 +809,7 @@ final class Template
      * In the spare, at its go: its own stdout, stderr, status pipe and busy page, its own
      * settings, fresh random seeds, and a fresh runner state.
      *
-     * @param array<string, mixed> $go {"worker", "max_request", "ino": {name: inode}, "env", "directory"}
+     * @param array<string, mixed> $go {"worker", "max_request", "ino": {name: "device:inode"}, "env", "directory"}
      * @param array<mixed> $received the streams holding the received descriptors open
      */
     private function worker(array $go, array $received): Worker
@@ -813,7 +817,7 @@ final class Template
         $byInode = self::fdsByInode();
         $fds = [];
         foreach ((array) ($go['ino'] ?? []) as $name => $inode) {
-            $fds[$name] = $byInode[(int) $inode] ?? null;
+            $fds[$name] = $byInode[(string) $inode] ?? null;
         }
         if (!isset($fds['output'], $fds['status'])) {
             @fwrite(\STDERR, "gsuper: a spare got a malformed go; it exits\n");
@@ -825,13 +829,17 @@ final class Template
             // BusyPage closes the number it maps with libc; a number of its own, so that no
             // received stream is left holding a closed (later reused) descriptor.
             putenv('GSUPER_BUSY_FD=' . $this->libc->dup($fds['busy']));
+        } elseif (isset($go['ino']['busy'])) {
+            putenv('GSUPER_BUSY_FD');
+            @fwrite(\STDERR, "gsuper: the busy page sent with the go was not found; request_timeout cannot be enforced\n");
         }
         // Of the received streams only the status pipe's stays open (for the worker's life): the
         // output and stderr pipes are on 1 and 2 now, the busy page has its own number; closed,
         // they are not inherited by what the business code starts.
-        $statusIno = (int) ($go['ino']['status'] ?? -1);
+        $statusIno = (string) ($go['ino']['status'] ?? '');
         foreach ($received as $stream) {
-            if (\is_resource($stream) && (fstat($stream)['ino'] ?? null) === $statusIno) {
+            $stat = \is_resource($stream) ? fstat($stream) : false;
+            if ($stat !== false && $stat['dev'] . ':' . $stat['ino'] === $statusIno) {
                 self::$keep[] = $stream;
             }
         }
