@@ -799,6 +799,18 @@ final class Template
             break;
         }
         socket_close($line);
+        // A spare forked on demand (none was waiting) can get its go before the intermediate
+        // has exited. Its SIGUSR2 would then land in the first request and cut a sleep() or a
+        // blocking read short (EINTR). Wait for the reparenting (the intermediate's exit, a few
+        // ms for a big heap; at most 1 s) and take the signal here, between requests.
+        if (posix_getppid() === $intermediate) {
+            $until = hrtime(true) + 1_000_000_000;
+            while (posix_getppid() === $intermediate && hrtime(true) < $until) {
+                usleep(200);
+            }
+            usleep(100); // the signal is sent with the reparenting: let it arrive
+        }
+        pcntl_signal_dispatch();
         $go = json_decode(trim((string) ($message['iov'][0] ?? '')), true);
         $received = $message['control'][0]['data'] ?? [];
         unset($message);
