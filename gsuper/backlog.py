@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Union
 from urllib.parse import unquote as url_unquote
 from urllib.parse import urlsplit
 
+from gsuper.osutil import killpg
+
 if TYPE_CHECKING:
     from gsuper.spawn import Child
 
@@ -236,7 +238,7 @@ class CommandReader:
             raise BacklogError(f"{self.source.describe()}: did not finish within {timeout_s:g}s and was killed") from None
         finally:
             timer.close()
-            _killpg(child.pid)  # whatever it left in its group goes too (and a hung probe)
+            killpg(child.pid, signal.SIGKILL)  # whatever it left in its group goes too (and a hung probe)
             for fd in (out_r, err_r):
                 os.close(fd)
         if code != 0:
@@ -296,11 +298,6 @@ def _drain(fd: int, into: bytearray) -> None:
             into += chunk
 
 
-def _killpg(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 Reader = Union[RedisReader, CommandReader]

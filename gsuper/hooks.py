@@ -25,6 +25,7 @@ import gevent.event
 from gsuper.config import HOOK_EVENTS, HookConfig
 from gsuper.events import Event, EventStream
 from gsuper.logs import PipeReader
+from gsuper.osutil import killpg
 from gsuper.spawn import _RESET, SETPRIV, Child
 
 log = logging.getLogger("gsuper")
@@ -170,11 +171,11 @@ class Hook:
             code = child.wait(cfg.timeout_s)
             if code is None:
                 log.warning("hook %s: still running after %.1fs on a %s event: SIGKILL", cfg.name, cfg.timeout_s, item["event"])
-                _killpg(pid)
+                killpg(pid, signal.SIGKILL)
                 code = child.wait()
             elif code != 0:
                 log.warning("hook %s exited %d on a %s event", cfg.name, code, item["event"])
-            _killpg(pid)  # whatever it left in its group goes with it
+            killpg(pid, signal.SIGKILL)  # whatever it left in its group goes with it
             reader.eof.wait(timeout=1.0)
         finally:
             self.child = None
@@ -193,7 +194,7 @@ class Hook:
         self._closing = True
         self.queue.clear()
         if self.child is not None:
-            _killpg(self.child.pid)
+            killpg(self.child.pid, signal.SIGKILL)
             self.child.wait(5)
         self._greenlet.kill(block=False)
 
@@ -238,8 +239,3 @@ def _close(fd: int) -> None:
         pass
 
 
-def _killpg(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass

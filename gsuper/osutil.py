@@ -41,6 +41,15 @@ def become_subreaper() -> bool:
     return ok
 
 
+def killpg(pgid: int, sig: int) -> bool:
+    """Signal a process group; False when it is gone or not ours to signal."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except OSError:
+        return False
+
+
 def trim_heap() -> bool:
     """Hand back to the system what start-up left free on the heap (glibc only)."""
     return _call("malloc_trim", 0)

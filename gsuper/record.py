@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gsuper import fsafe
+from gsuper.osutil import killpg
 
 
 @dataclass(frozen=True)
@@ -57,15 +58,6 @@ def read(path: str) -> Record | None:
         return Record(int(doc["master"]), float(doc["master_started"]), entries)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def killpg(pgid: int, sig: int) -> bool:
-    """Signal a process group; False when it is gone or not ours to signal."""
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except OSError:
-        return False
 
 
 def group_members(groups: Iterable[int], since: float) -> list[tuple[int, int]]:

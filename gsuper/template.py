@@ -42,6 +42,7 @@ import gevent.socket
 from gsuper import runners
 from gsuper.config import ProgramConfig
 from gsuper.logs import LogFile, PipeReader, timestamp
+from gsuper.osutil import killpg
 from gsuper.record import Entry
 from gsuper.spawn import Child, Plumbing, WorkerProcess, end_strays, launch_worker, spawn
 from gsuper.worker import REAL_CLOCK
@@ -94,10 +95,7 @@ class Spare:
         """End an idle spare: close its socket (it exits) and SIGKILL its group to be sure."""
         self.sock.close()
         if not self.taken and self.child.returncode is None:
-            try:
-                os.killpg(self.child.pid, signal.SIGKILL)
-            except OSError:
-                pass
+            killpg(self.child.pid, signal.SIGKILL)
 
 
 class Template:
@@ -355,9 +353,7 @@ class Template:
         if child is None or child.returncode is not None:
             return
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(child.pid, sig)
-            except OSError:
+            if not killpg(child.pid, sig):
                 return
             if child.wait(timeout_s) is not None:
                 return
@@ -378,10 +374,7 @@ class Template:
         self.closing = True
         self._close_spare()
         if self.child is not None and self.child.returncode is None:
-            try:
-                os.killpg(self.child.pid, signal.SIGKILL)
-            except OSError:
-                pass
+            killpg(self.child.pid, signal.SIGKILL)
 
 
 class WarmSpawner:
